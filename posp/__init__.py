@@ -1,0 +1,1 @@
+"""posp: proof of sampling for untrusted inference compute."""

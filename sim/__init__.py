@@ -1,0 +1,1 @@
+"""Adversarial simulation driving the real protocol core."""

@@ -1,0 +1,1 @@
+"""Real inference workloads (torch) with their comparators and cheap substitutes."""
