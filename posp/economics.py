@@ -123,7 +123,8 @@ def honest_majority(k: int, r: float) -> float:
         raise ConfigError(f"must be odd (or 0 for no arbitration), got {k}", key="arbiters")
     h = 1.0 - r
     need = (k + 1) // 2
-    return math.fsum(math.comb(k, j) * h**j * r ** (k - j) for j in range(need, k + 1))
+    # fsum of rounded terms can exceed 1 by an ulp; a probability must stay in [0, 1]
+    return min(1.0, max(0.0, math.fsum(math.comb(k, j) * h**j * r ** (k - j) for j in range(need, k + 1))))
 
 
 def _catch_factor(collusion: float, validators: int, arbiters: int | None) -> float:
