@@ -1,0 +1,162 @@
+"""A node's side of the protocol, free of Ray: run a batch of jobs, sign one commitment.
+
+:class:`NodeCore` is the plain class that the Ray actor (``posp.runtime``) wraps and
+that tests and the simulator use directly. A node sees only :class:`Job` messages (a
+fresh job id and an input); it cannot tell a first execution from a validation or an
+arbitration job, and it never sees another node's output.
+
+Behaviours (public API)
+-----------------------
+What a node returns is decided by its *behaviour*, any object with::
+
+    outputs(jobs: Sequence[Job], compute: Callable[[Sequence[Any]], list[Any]]) -> list[Any]
+
+``compute`` runs the real workload on a list of inputs (one torch batch, or one job at a
+time, as the node was configured). :class:`Honest` returns ``compute([j.input ...])``.
+A cheater returns something cheaper for some jobs; a lazy validator guesses; colluders
+share outputs out of band. The node then signs whatever the behaviour returned: a receipt
+binds the job id, the node key, the input digest, the output digest, the execution
+profile digest and a per-node sequence number, and one Ed25519 signature covers the
+Merkle root of the batch's receipts (made before any sampling decision exists).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .digest import digest_value
+from .encoding import Record, field_any, field_fixed_bytes, record
+from .identity import NodeKey
+from .receipts import BatchCommitment, ExecutionProfile, Receipt, SignedReceipt, sign_batch
+
+__all__ = ["Behaviour", "BatchResult", "CheatRate", "Honest", "Job", "NodeCore", "Runner"]
+
+#: builds outputs for a list of inputs (the workload, built once per node)
+Runner = Callable[[Sequence[Any]], list[Any]]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Job(Record):
+    """The only message a node receives per job: the same fields whatever the role."""
+
+    TAG = "job"
+    VERSION = 1
+    WIRE_CHECKS = (field_fixed_bytes(16), field_any)
+
+    job_id: bytes
+    input: Any
+
+
+class Behaviour(Protocol):
+    """Decides what output a node returns for each job of a batch (public API)."""
+
+    def outputs(
+        self, jobs: Sequence[Job], compute: Callable[[Sequence[Any]], list[Any]]
+    ) -> list[Any]: ...
+
+
+class Honest:
+    """Computes every job."""
+
+    def outputs(
+        self, jobs: Sequence[Job], compute: Callable[[Sequence[Any]], list[Any]]
+    ) -> list[Any]:
+        return compute([j.input for j in jobs])
+
+    def __repr__(self) -> str:
+        return "Honest()"
+
+
+class CheatRate:
+    """Cheats on a fraction ``rate`` of its jobs (every kind: it cannot tell them apart),
+    returning ``substitute(inputs)`` for those and computing the rest honestly."""
+
+    def __init__(
+        self,
+        rate: float,
+        substitute: Callable[[Sequence[Any]], list[Any]],
+        *,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be in [0, 1]")
+        self.rate = rate
+        self.substitute = substitute
+        self._rng = random.Random(seed)
+        self.cheated = 0
+
+    def outputs(
+        self, jobs: Sequence[Job], compute: Callable[[Sequence[Any]], list[Any]]
+    ) -> list[Any]:
+        cheat = [self._rng.random() < self.rate for _ in jobs]
+        out: list[Any] = [None] * len(jobs)
+        honest_idx = [i for i, c in enumerate(cheat) if not c]
+        cheat_idx = [i for i, c in enumerate(cheat) if c]
+        if honest_idx:
+            for i, o in zip(honest_idx, compute([jobs[i].input for i in honest_idx]), strict=True):
+                out[i] = o
+        if cheat_idx:
+            subs = self.substitute([jobs[i].input for i in cheat_idx])
+            for i, o in zip(cheat_idx, subs, strict=True):
+                out[i] = o
+        self.cheated += len(cheat_idx)
+        return out
+
+    def __repr__(self) -> str:
+        return f"CheatRate({self.rate})"
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a node returns for a batch: outputs, one signed commitment, per-job receipts."""
+
+    batch: BatchCommitment
+    receipts: tuple[SignedReceipt, ...]
+    outputs: tuple[Any, ...]
+
+
+class NodeCore:
+    """A node: identity, declared execution profile, workload runner, behaviour."""
+
+    def __init__(
+        self,
+        key: NodeKey,
+        profile: ExecutionProfile,
+        runner: Runner,
+        behaviour: Behaviour | None = None,
+    ) -> None:
+        self.key = key
+        self.public = bytes(key.public)
+        self.profile = profile
+        self.profile_digest = profile.digest()
+        self.runner = runner
+        self.behaviour: Behaviour = behaviour or Honest()
+        self._seq = 0
+        self._batch_seq = 0
+        self.jobs_run = 0
+
+    def run_batch(self, jobs: Sequence[Job]) -> BatchResult:
+        outputs = self.behaviour.outputs(jobs, self.runner)
+        if len(outputs) != len(jobs):
+            raise ValueError("behaviour returned the wrong number of outputs")
+        receipts = []
+        for j, out in zip(jobs, outputs, strict=True):
+            receipts.append(
+                Receipt(
+                    job_id=j.job_id,
+                    node=self.public,
+                    input_digest=digest_value("input", j.input),
+                    output_digest=digest_value("output", out),
+                    profile_digest=self.profile_digest,
+                    seq=self._seq,
+                )
+            )
+            self._seq += 1
+        batch, signed = sign_batch(self.key, receipts, batch_seq=self._batch_seq)
+        self._batch_seq += 1
+        self.jobs_run += len(jobs)
+        return BatchResult(batch, tuple(signed), tuple(outputs))

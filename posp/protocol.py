@@ -1,0 +1,676 @@
+"""The coordinator's decisions for verification rounds, as plain Python (no Ray, no torch).
+
+This module holds the rules; the Ray runtime, the simulator's event engine and the
+soundness matrix all drive this one :class:`Protocol` object, so a change to a rule here
+changes every one of them. The caller owns transport: it runs jobs on nodes and feeds the
+signed results back. The protocol says which jobs are checked, who validates and who
+arbitrates, compares outputs, and queues the settlements that :meth:`Protocol.flush`
+commits to the ledger in one group (a result counts as final only once that returns).
+
+One task, seen from here::
+
+    first job on the asserter ──> signed batch ──> decide(seed, commitment, rate)
+        not sampled ─────────────────────────────> reward (batch-level), NOT_SAMPLED
+        sampled ──> n validation jobs on other live nodes (fresh ids, blind)
+            digests equal / comparator within tolerance ──> reward all, AGREED (drift logged)
+            beyond tolerance ──> k arbitration jobs on nodes other than the parties
+                >= (k+1)/2 arbiters agree on one output ──> every party or arbiter that
+                    disagrees with it is slashed (challenger share to the honest parties);
+                    UPHELD, or OVERTURNED with the winning output
+                no majority, or too few nodes ──> UNRESOLVED, nobody slashed
+
+Nodes never see roles: a validation or arbitration job is a job with a fresh id, and the
+caller puts it in an ordinary batch. Crashes and timeouts are liveness events: the jobs
+are re-issued with fresh ids (so an honest retry is never equivocation), never slashed.
+Two receipts signed by one node for one job id with different output digests are proof of
+equivocation and are slashed without re-execution.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .compare import Comparator, Verdict, VerdictKind
+from .digest import digest_value
+from .errors import BadSignature, ConfigError, NotEnoughNodes, ProfileMismatch
+from .ledger import Ledger
+from .receipts import BatchCommitment, SignedReceipt, verify_receipt
+from .sampling import EpochSeed, SamplingPolicy, UniformPolicy, decide, rates_to_ppb
+
+__all__ = [
+    "Assignment",
+    "Protocol",
+    "ProtocolParams",
+    "Role",
+    "State",
+    "TaskResult",
+]
+
+
+class Role(enum.Enum):
+    """Why a job exists. Known to the coordinator only, never sent to a node."""
+
+    FIRST = "first"
+    VALIDATE = "validate"
+    ARBITRATE = "arbitrate"
+
+
+class State(enum.Enum):
+    """A task's verification state."""
+
+    PENDING = "pending"
+    NOT_SAMPLED = "not_sampled"  # final: paid, not re-executed
+    AGREED = "agreed"  # final: checked and agreed (possibly within drift tolerance)
+    UPHELD = "upheld"  # final: disputed, the asserter won arbitration
+    OVERTURNED = "overturned"  # final: disputed, the asserter lost; output replaced
+    UNRESOLVED = "unresolved"  # final: dispute without majority or without enough nodes
+
+
+@dataclass(frozen=True)
+class ProtocolParams:
+    """Protocol parameters. Amounts are integer stake units."""
+
+    validators: int = 1
+    arbiters: int = 3
+    reward: int = 10
+    validator_reward: int = 10
+    slash: int = 1000
+    bond: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.validators < 1:
+            raise ConfigError("must be >= 1", key="validators")
+        if self.arbiters < 1 or self.arbiters % 2 == 0:
+            raise ConfigError("must be odd and >= 1", key="arbiters")
+        for name in ("reward", "validator_reward", "slash", "bond"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"must be a non-negative int, got {v!r}", key=name)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Run task ``task``'s input on ``node`` under the fresh ``job_id``."""
+
+    job_id: bytes
+    node: bytes
+    task: int
+    role: Role
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A settled task. ``output`` is set only when the asserter's output was overturned
+    (the caller already holds the asserter's output otherwise)."""
+
+    task: int
+    state: State
+    asserter: bytes
+    receipt: SignedReceipt | None
+    output: Any = None
+    verdicts: tuple[Verdict, ...] = ()
+    slashed: tuple[bytes, ...] = ()
+
+
+@dataclass
+class _Node:
+    profile: bytes
+    stake: int
+    live: bool = True
+    ejected: bool = False
+    outstanding: set[bytes] = field(default_factory=set)
+
+
+@dataclass
+class _Task:
+    id: int
+    input_digest: bytes
+    importance: float
+    state: State = State.PENDING
+    asserter: bytes | None = None
+    first_job: bytes | None = None
+    receipt: SignedReceipt | None = None
+    output: Any = None
+    # node -> (signed receipt, output) for validators / arbiters that answered
+    validators: dict[bytes, tuple[SignedReceipt, Any]] = field(default_factory=dict)
+    arbiters: dict[bytes, tuple[SignedReceipt, Any]] = field(default_factory=dict)
+    want_validators: set[bytes] = field(default_factory=set)
+    want_arbiters: set[bytes] = field(default_factory=set)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Job:
+    task: int
+    node: bytes
+    role: Role
+
+
+ComparatorFor = Callable[[bytes, bytes], Comparator]
+
+
+class Protocol:
+    """The coordinator's rules for one ledger and one set of nodes.
+
+    ``comparator`` is a :class:`~posp.compare.Comparator`, or a callable
+    ``(profile_digest_a, profile_digest_b) -> Comparator`` so that a calibration can
+    tighten the tolerance per pair of execution profiles. ``rng`` picks validators and
+    arbiters (default: seeded from the OS); ``job_ids`` makes fresh job ids (default:
+    ``os.urandom(16)``). ``epoch_seed`` is the secret of the open epoch (default: a fresh
+    one from the OS); its commitment is written to the ledger by :meth:`open_epoch`.
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger | None,
+        comparator: Comparator | ComparatorFor,
+        policy: SamplingPolicy | None = None,
+        params: ProtocolParams | None = None,
+        rng: random.Random | None = None,
+        job_ids: Callable[[], bytes] | None = None,
+        epoch_seed: EpochSeed | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.params = params or ProtocolParams()
+        self.policy: SamplingPolicy = policy or UniformPolicy(0.1)
+        self._comparator_for: ComparatorFor = (
+            comparator if callable(comparator) and not hasattr(comparator, "compare")
+            else (lambda _a, _b, c=comparator: c)  # type: ignore[misc]
+        )
+        self.rng = rng or random.Random(int.from_bytes(os.urandom(16), "big"))
+        self._new_id = job_ids or (lambda: os.urandom(16))
+        self.nodes: dict[bytes, _Node] = {}
+        self._tasks: dict[int, _Task] = {}
+        self._jobs: dict[bytes, _Job] = {}
+        self._seen: dict[bytes, SignedReceipt] = {}  # job id -> first receipt (equivocation)
+        self._verified_batches: dict[BatchCommitment, bytes] = {}
+        self._ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._final: list[TaskResult] = []
+        self._pending_reissue: list[Assignment] = []
+        self._next_task = 0
+        self._seed = epoch_seed or EpochSeed.generate()
+        self.epoch = epoch if epoch is not None else (ledger.epoch + 1 if ledger else 1)
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # ---- epochs ---------------------------------------------------------------------
+
+    @property
+    def epoch_seed(self) -> EpochSeed:
+        return self._seed
+
+    def open_epoch(self) -> None:
+        """Publish the open epoch's seed commitment (queued; committed by flush)."""
+        self._op("epoch_open", self.epoch, self._seed.commitment)
+
+    def rotate_epoch(self, new_seed: EpochSeed | None = None) -> None:
+        """Reveal the current epoch's seed and open the next one (queued)."""
+        self._op("epoch_reveal", self.epoch, bytes(self._seed))
+        self._seed = new_seed or EpochSeed.generate()
+        self.epoch += 1
+        self.open_epoch()
+
+    def close_epoch(self) -> None:
+        """Reveal the current epoch's seed (queued); no new epoch is opened."""
+        self._op("epoch_reveal", self.epoch, bytes(self._seed))
+
+    # ---- nodes ----------------------------------------------------------------------
+
+    def register(self, node: bytes, profile_digest: bytes, *, bond: int | None = None) -> None:
+        """Admit a node with its declared execution profile; the bond is queued."""
+        amount = self.params.bond if bond is None else bond
+        if node in self.nodes:
+            raise ConfigError(f"node {node[:4].hex()} is already registered", key="node")
+        self.nodes[node] = _Node(profile=profile_digest, stake=amount)
+        self._op("bond", node, amount, profile=profile_digest)
+
+    def live_nodes(self) -> list[bytes]:
+        return [n for n, s in self.nodes.items() if s.live and not s.ejected]
+
+    def is_active(self, node: bytes) -> bool:
+        s = self.nodes.get(node)
+        return s is not None and s.live and not s.ejected
+
+    def require_verifiable(self) -> None:
+        """Raise NotEnoughNodes unless at least two live nodes can check each other."""
+        live = len(self.live_nodes())
+        if live < 2:
+            raise NotEnoughNodes(
+                f"{live} live node(s): verification needs an asserter and at least one "
+                "other node to re-execute a sample; refusing to claim verification"
+            )
+
+    # ---- tasks and jobs ---------------------------------------------------------------
+
+    def new_task(self, input_digest: bytes, *, importance: float = 1.0) -> int:
+        tid = self._next_task
+        self._next_task += 1
+        self._tasks[tid] = _Task(tid, input_digest, importance)
+        return tid
+
+    def first_job(self, task: int, node: bytes) -> Assignment:
+        """Issue the first execution of ``task`` on ``node`` (the caller balances load)."""
+        t = self._tasks[task]
+        if not self.is_active(node):
+            raise ConfigError(f"node {node[:4].hex()} is not active", key="node")
+        t.asserter = node
+        a = self._issue(task, node, Role.FIRST)
+        t.first_job = a.job_id
+        return a
+
+    def _issue(self, task: int, node: bytes, role: Role) -> Assignment:
+        jid = self._new_id()
+        self._jobs[jid] = _Job(task, node, role)
+        self.nodes[node].outstanding.add(jid)
+        return Assignment(jid, node, task, role)
+
+    def job(self, job_id: bytes) -> tuple[int, bytes, Role] | None:
+        j = self._jobs.get(job_id)
+        return None if j is None else (j.task, j.node, j.role)
+
+    def input_digest(self, task: int) -> bytes:
+        return self._tasks[task].input_digest
+
+    # ---- results ----------------------------------------------------------------------
+
+    def on_batch(
+        self,
+        node: bytes,
+        batch: BatchCommitment,
+        signed: Sequence[SignedReceipt],
+        outputs: Sequence[Any],
+    ) -> list[Assignment]:
+        """Take a node's signed batch and outputs; return the follow-up jobs to dispatch.
+
+        The batch commitment was signed before this call, so no decision about these jobs
+        existed when the node committed. Receipts that do not verify, or that name a job
+        this node was not given, are faults: the job is re-issued, nobody is slashed.
+        """
+        if len(signed) != len(outputs):
+            raise ConfigError("one output per signed receipt", key="outputs")
+        st = self.nodes.get(node)
+        if st is None:
+            raise ConfigError(f"unknown node {node[:4].hex()}", key="node")
+        follow: list[Assignment] = []
+        firsts: list[tuple[int, _Job, bytes, SignedReceipt, Any]] = []
+        rates: list[float] = [0.0] * batch.count
+        bad_batch = False
+        try:
+            if batch.node != node:
+                raise BadSignature("batch signed by another node")
+            batch.verify()
+        except BadSignature:
+            bad_batch = True
+        for s, out in zip(signed, outputs, strict=True):
+            jid = s.receipt.job_id
+            job = self._jobs.get(jid)
+            if job is None or job.node != node:
+                prior = self._seen.get(jid)
+                if prior is not None and prior.receipt.node == node:
+                    self._check_equivocation(prior, s)
+                self.stats["unknown_receipts"] += 1
+                continue
+            ok = not bad_batch and s.batch == batch
+            if ok:
+                try:
+                    r = verify_receipt(
+                        s,
+                        expected_profile_digest=st.profile,
+                        verified_batches=self._verified_batches,
+                    )
+                    ok = r.input_digest == self._tasks[job.task].input_digest
+                except (BadSignature, ProfileMismatch):
+                    ok = False
+            st.outstanding.discard(jid)
+            del self._jobs[jid]
+            if not ok:
+                self.stats["bad_receipts"] += 1
+                self._op("liveness", node, ref=jid.hex(), reason="bad_receipt")
+                self.policy.observe(node, "fault")
+                follow.extend(self._reissue(job))
+                continue
+            self._seen[jid] = s
+            t = self._tasks[job.task]
+            if job.role is Role.FIRST:
+                rates[s.index] = self.policy.rate(node, t.importance)
+                firsts.append((s.index, job, jid, s, out))
+            elif job.role is Role.VALIDATE:
+                t.validators[node] = (s, out)
+                t.want_validators.discard(node)
+                if not t.want_validators:
+                    follow.extend(self._judge_validation(t))
+            else:
+                t.arbiters[node] = (s, out)
+                t.want_arbiters.discard(node)
+                if not t.want_arbiters:
+                    follow.extend(self._judge_arbitration(t))
+        if firsts:
+            follow.extend(self._sample(node, batch, rates, firsts))
+        return follow
+
+    def _sample(
+        self,
+        node: bytes,
+        batch: BatchCommitment,
+        rates: list[float],
+        firsts: list[tuple[int, _Job, bytes, SignedReceipt, Any]],
+    ) -> list[Assignment]:
+        ppb = rates_to_ppb(rates)
+        picks = decide(self._seed, batch.commitment, ppb=ppb)
+        sampled = [i for i, _job, _jid, _s, _o in firsts if picks[i]]
+        self._op(
+            "decision", self.epoch, node, batch.commitment,
+            count=batch.count, rates_ppb=ppb, sampled=sampled,
+        )
+        follow: list[Assignment] = []
+        unsampled = 0
+        for i, job, _jid, s, out in firsts:
+            t = self._tasks[job.task]
+            t.receipt = s
+            if not picks[i]:
+                unsampled += 1
+                t.state = State.NOT_SAMPLED
+                self.policy.observe(node, "not_sampled")
+                self._final.append(TaskResult(t.id, State.NOT_SAMPLED, node, s))
+                del self._tasks[t.id]
+                continue
+            self.stats["sampled"] += 1
+            t.output = out
+            follow.extend(self._start_validation(t))
+        if unsampled:
+            self._op("reward", node, self.params.reward * unsampled, ref=batch.commitment.hex())
+        return follow
+
+    def _pick(self, count: int, exclude: Iterable[bytes]) -> list[bytes] | None:
+        ex = set(exclude)
+        pool = [n for n in self.live_nodes() if n not in ex]
+        if len(pool) < count:
+            return None
+        return self.rng.sample(pool, count)
+
+    def _start_validation(self, t: _Task) -> list[Assignment]:
+        assert t.asserter is not None
+        chosen = self._pick(self.params.validators, [t.asserter])
+        if chosen is None:
+            self._finish_unresolved(t, "not enough live nodes to validate")
+            return []
+        t.want_validators = set(chosen)
+        return [self._issue(t.id, v, Role.VALIDATE) for v in chosen]
+
+    def _agree(self, a: tuple[SignedReceipt, Any], b: tuple[SignedReceipt, Any]) -> Verdict:
+        ra, rb = a[0].receipt, b[0].receipt
+        cmp = self._comparator_for(ra.profile_digest, rb.profile_digest)
+        if ra.output_digest == rb.output_digest:
+            return Verdict(VerdictKind.MATCH, 0.0, cmp.metric, cmp.tolerance)
+        return cmp.compare(a[1], b[1])
+
+    def _judge_validation(self, t: _Task) -> list[Assignment]:
+        assert t.asserter is not None and t.receipt is not None
+        mine = (t.receipt, t.output)
+        disagree = False
+        drift: list[tuple[bytes, Verdict]] = []
+        for v, res in t.validators.items():
+            verdict = self._agree(mine, res)
+            t.verdicts.append(verdict)
+            if verdict.kind is VerdictKind.MISMATCH:
+                disagree = True
+            elif verdict.kind is VerdictKind.DRIFT:
+                drift.append((v, verdict))
+        if not disagree:
+            ref = t.first_job.hex() if t.first_job else str(t.id)
+            for v, verdict in drift:
+                self._op("drift", ref, [t.asserter, v], metric=verdict.metric,
+                         distance=_finite(verdict.distance))
+                self.policy.observe(v, "drift")
+            self.policy.observe(t.asserter, "drift" if drift else "agreed")
+            self._pay(t.asserter, self.params.reward, ref)
+            for v in t.validators:
+                self._pay(v, self.params.validator_reward, ref)
+            self._finish(t, State.AGREED)
+            return []
+        self.stats["disputes"] += 1
+        parties = [t.asserter, *t.validators]
+        chosen = self._pick(self.params.arbiters, parties)
+        if chosen is None:
+            self._finish_unresolved(t, "not enough live nodes to arbitrate")
+            return []
+        t.want_arbiters = set(chosen)
+        return [self._issue(t.id, a, Role.ARBITRATE) for a in chosen]
+
+    def _judge_arbitration(self, t: _Task) -> list[Assignment]:
+        assert t.asserter is not None and t.receipt is not None
+        k = self.params.arbiters
+        need = (k + 1) // 2
+        arbs = list(t.arbiters.items())
+        best: tuple[int, int] | None = None  # (agreeing count, index)
+        for i, (_n, res) in enumerate(arbs):
+            count = sum(
+                1 for _m, other in arbs
+                if other is res or self._agree(res, other).kind is not VerdictKind.MISMATCH
+            )
+            if count >= need and (best is None or count > best[0]):
+                best = (count, i)
+        if best is None:
+            self._finish_unresolved(t, "arbiters reached no majority")
+            return []
+        majority = arbs[best[1]][1]
+        everyone: list[tuple[bytes, tuple[SignedReceipt, Any], str]] = [
+            (t.asserter, (t.receipt, t.output), "asserter"),
+            *((v, r, "validator") for v, r in t.validators.items()),
+            *((a, r, "arbiter") for a, r in arbs),
+        ]
+        honest: list[bytes] = []
+        liars: list[bytes] = []
+        verdicts: dict[bytes, Verdict] = {}
+        for n, res, _role in everyone:
+            verdict = self._agree(res, majority)
+            verdicts[n] = verdict
+            (liars if verdict.kind is VerdictKind.MISMATCH else honest).append(n)
+        ref = t.first_job.hex() if t.first_job else str(t.id)
+        evidence = self._evidence(t, everyone, majority, verdicts)
+        self._op("dispute", ref, evidence)
+        evidence_digest = digest_value("evidence", evidence)
+        party_set = {t.asserter, *t.validators}
+        honest_parties = [n for n in honest if n in party_set]
+        challengers = honest_parties or [n for n in honest if n not in party_set]
+        for n in liars:
+            self._slash(n, ref, evidence_digest, [c for c in challengers if c != n])
+        for n, _res, role in everyone:
+            if n in liars:
+                continue
+            amount = self.params.reward if role == "asserter" else self.params.validator_reward
+            self._pay(n, amount, ref)
+            self.policy.observe(n, "dispute")
+        upheld = t.asserter in honest
+        self.stats["upheld" if upheld else "overturned"] += 1
+        self._finish(
+            t,
+            State.UPHELD if upheld else State.OVERTURNED,
+            output=None if upheld else majority[1],
+            slashed=tuple(liars),
+        )
+        return []
+
+    def _evidence(
+        self,
+        t: _Task,
+        everyone: list[tuple[bytes, tuple[SignedReceipt, Any], str]],
+        majority: tuple[SignedReceipt, Any],
+        verdicts: dict[bytes, Verdict],
+    ) -> list[Any]:
+        """Signed receipts of every party and arbiter, with each verdict against the
+        majority output: what a third party needs to check the slash."""
+        return [
+            "dispute-evidence", 1, t.input_digest, majority[0].receipt.output_digest,
+            [
+                [role, n, res[0].to_wire(), verdicts[n].kind.value, verdicts[n].metric,
+                 _finite(verdicts[n].distance), _finite(verdicts[n].tolerance)]
+                for n, res, role in everyone
+            ],
+        ]
+
+    def _slash(self, node: bytes, ref: str, evidence: bytes, challengers: list[bytes]) -> None:
+        st = self.nodes[node]
+        amount = min(self.params.slash, st.stake)
+        st.stake -= amount
+        self.stats["slashes"] += 1
+        self._op("slash", node, self.params.slash, ref=ref, evidence=evidence,
+                 challengers=challengers)
+        self.policy.observe(node, "slashed")
+        if self.ledger is not None and st.stake < self.ledger.min_bond:
+            st.ejected = True
+        elif self.ledger is None and st.stake <= 0:
+            st.ejected = True
+        if st.ejected:
+            # its outstanding jobs will never count; re-issue them elsewhere
+            self._pending_reissue.extend(self._abandon(node))
+
+    def take_reissued(self) -> list[Assignment]:
+        """Jobs re-issued because their node was ejected; the caller dispatches them."""
+        out, self._pending_reissue = self._pending_reissue, []
+        return out
+
+    def _pay(self, node: bytes, amount: int, ref: str) -> None:
+        if amount:
+            st = self.nodes[node]
+            st.stake += amount
+            self._op("reward", node, amount, ref=ref)
+
+    def _finish(self, t: _Task, state: State, *, output: Any = None,
+                slashed: tuple[bytes, ...] = ()) -> None:
+        assert t.asserter is not None
+        t.state = state
+        self._final.append(TaskResult(
+            t.id, state, t.asserter, t.receipt, output, tuple(t.verdicts), slashed,
+        ))
+        del self._tasks[t.id]
+
+    def _finish_unresolved(self, t: _Task, why: str) -> None:
+        assert t.asserter is not None
+        ref = t.first_job.hex() if t.first_job else str(t.id)
+        self.stats["unresolved"] += 1
+        self._op("dispute", ref, ["unresolved", why])
+        # nobody was proven wrong: everyone who did the work is paid
+        self._pay(t.asserter, self.params.reward, ref)
+        for v in t.validators:
+            self._pay(v, self.params.validator_reward, ref)
+        for a in t.arbiters:
+            self._pay(a, self.params.validator_reward, ref)
+        self._finish(t, State.UNRESOLVED)
+
+    # ---- equivocation -------------------------------------------------------------------
+
+    def _check_equivocation(self, prior: SignedReceipt, s: SignedReceipt) -> None:
+        node = s.receipt.node
+        if prior.receipt.output_digest == s.receipt.output_digest:
+            return
+        try:
+            verify_receipt(prior, verified_batches=self._verified_batches)
+            verify_receipt(s, verified_batches=self._verified_batches)
+        except (BadSignature, ProfileMismatch):
+            return
+        if node not in self.nodes:
+            return
+        self.stats["equivocations"] += 1
+        evidence = ["equivocation", 1, prior.to_wire(), s.to_wire()]
+        self._op("dispute", "eq-" + s.receipt.job_id.hex(), evidence)
+        self._slash(node, "eq-" + s.receipt.job_id.hex(), digest_value("evidence", evidence), [])
+
+    def report_receipt(self, s: SignedReceipt) -> None:
+        """Offer a receipt seen elsewhere (e.g. a gossip of a node's earlier batch);
+        a conflicting signed receipt for a known job is slashed as equivocation."""
+        prior = self._seen.get(s.receipt.job_id)
+        if prior is not None and prior.receipt.node == s.receipt.node:
+            self._check_equivocation(prior, s)
+
+    # ---- faults ---------------------------------------------------------------------------
+
+    def on_node_failure(self, node: bytes, *, reason: str = "crash") -> list[Assignment]:
+        """A node died or timed out: record liveness, re-issue its outstanding jobs with
+        fresh ids elsewhere. Never slashes."""
+        st = self.nodes.get(node)
+        if st is None:
+            return []
+        st.live = False
+        self.stats["failures"] += 1
+        self._op("liveness", node, ref=f"node-{node.hex()[:16]}-{self.stats['failures']}",
+                 reason=reason)
+        self.policy.observe(node, "fault")
+        return self._abandon(node)
+
+    def _abandon(self, node: bytes) -> list[Assignment]:
+        st = self.nodes[node]
+        out: list[Assignment] = []
+        for jid in list(st.outstanding):
+            job = self._jobs.pop(jid, None)
+            st.outstanding.discard(jid)
+            if job is not None:
+                out.extend(self._reissue(job))
+        return out
+
+    def _reissue(self, job: _Job) -> list[Assignment]:
+        t = self._tasks.get(job.task)
+        if t is None:
+            return []
+        self.stats["reissued"] += 1
+        if job.role is Role.FIRST:
+            pool = [n for n in self.live_nodes() if n != job.node] or self.live_nodes()
+            if not pool:
+                self.require_verifiable()
+            node = self.rng.choice(pool)
+            return [self.first_job(t.id, node)]
+        assert t.asserter is not None
+        parties = {t.asserter, *t.validators, *t.arbiters, *t.want_validators,
+                   *t.want_arbiters}
+        if job.role is Role.VALIDATE:
+            t.want_validators.discard(job.node)
+            chosen = self._pick(1, parties)
+            if chosen is None:
+                if not t.want_validators:
+                    if t.validators:
+                        return self._judge_validation(t)
+                    self._finish_unresolved(t, "not enough live nodes to validate")
+                return []
+            t.want_validators.add(chosen[0])
+            return [self._issue(t.id, chosen[0], Role.VALIDATE)]
+        t.want_arbiters.discard(job.node)
+        chosen = self._pick(1, parties)
+        if chosen is None:
+            if not t.want_arbiters:
+                self._finish_unresolved(t, "not enough live nodes to arbitrate")
+            return []
+        t.want_arbiters.add(chosen[0])
+        return [self._issue(t.id, chosen[0], Role.ARBITRATE)]
+
+    # ---- settlement -----------------------------------------------------------------------
+
+    def _op(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self._ops.append((name, args, kwargs))
+
+    @property
+    def pending_tasks(self) -> int:
+        return len(self._tasks)
+
+    def flush(self) -> list[TaskResult]:
+        """Commit every queued settlement in one ledger group; return the tasks that are
+        final now. Only after this returns may a result be reported as verified."""
+        ops, self._ops = self._ops, []
+        final, self._final = self._final, []
+        if self.ledger is not None and ops:
+            with self.ledger.group() as g:
+                for name, args, kwargs in ops:
+                    getattr(g, name)(*args, **kwargs)
+        return final
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 1e308
+

@@ -1,0 +1,216 @@
+"""Batch composition: which jobs travel together to a node, so that roles stay hidden.
+
+The :class:`Scheduler` turns the protocol's assignments into batches. Every batch is an
+ordinary batch: first executions, validation jobs and arbitration jobs ride together in
+one message list, each a :class:`~posp.node.Job` with a fresh id. Where a node's batch
+would otherwise hold only re-execution jobs (the tail of a run, when no new tasks are
+left), it is padded with *decoys*: re-executions of recent inputs under fresh ids whose
+outputs are discarded, so that neither the batch size nor its composition tells the node
+that it is validating. Both drivers use it: the Ray-free :class:`LocalDriver` below
+(tests, simulator, soundness matrix) and the Ray runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .digest import digest_value
+from .node import BatchResult, Job, NodeCore
+from .protocol import Assignment, Protocol, Role, State, TaskResult
+
+__all__ = ["Batch", "LocalDriver", "Outcome", "Scheduler"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch for one node: the jobs it receives, and which of them are decoys."""
+
+    node: bytes
+    jobs: tuple[Job, ...]
+    decoys: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A verified result for the user: the output (the arbitration winner if the
+    asserter's was overturned), the asserter's signed receipt, and the state."""
+
+    task: int
+    output: Any
+    state: State
+    result: TaskResult
+
+    @property
+    def overturned(self) -> bool:
+        return self.state is State.OVERTURNED
+
+
+class Scheduler:
+    """Queues first executions and follow-up jobs; composes blind batches per node."""
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        *,
+        batch_size: int = 64,
+        rng: random.Random | None = None,
+        job_ids: Callable[[], bytes] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.protocol = protocol
+        self.batch_size = batch_size
+        self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._new_id = job_ids or (lambda: os.urandom(16))
+        self._fresh: deque[int] = deque()  # tasks waiting for a first execution
+        self._follow: dict[bytes, deque[Assignment]] = {}
+        self.inputs: dict[int, Any] = {}
+        self._recent: deque[Any] = deque(maxlen=256)
+        self.decoys_sent = 0
+
+    def add_task(self, value: Any, *, importance: float = 1.0) -> int:
+        tid = self.protocol.new_task(digest_value("input", value), importance=importance)
+        self.inputs[tid] = value
+        self._fresh.append(tid)
+        return tid
+
+    def add_follow_ups(self, assignments: Iterable[Assignment]) -> None:
+        for a in assignments:
+            # re-issued first executions go to their named node like follow-ups
+            self._follow.setdefault(a.node, deque()).append(a)
+
+    def has_work(self) -> bool:
+        return bool(self._fresh) or any(self._follow.values())
+
+    def follow_ups_for(self, node: bytes) -> int:
+        q = self._follow.get(node)
+        return len(q) if q else 0
+
+    def next_batch(self, node: bytes) -> Batch | None:
+        """The next batch for ``node``: its queued re-executions first, then new tasks,
+        then decoys if the batch would otherwise hold re-executions only."""
+        jobs: list[Job] = []
+        q = self._follow.get(node)
+        n_follow = 0
+        while q and len(jobs) < self.batch_size:
+            a = q.popleft()
+            if not self.protocol.is_active(node) or self.protocol.job(a.job_id) is None:
+                continue
+            jobs.append(Job(a.job_id, self.inputs[a.task]))
+            n_follow += 1
+        n_first = 0
+        while self._fresh and len(jobs) < self.batch_size:
+            tid = self._fresh.popleft()
+            a = self.protocol.first_job(tid, node)
+            jobs.append(Job(a.job_id, self.inputs[tid]))
+            self._recent.append(self.inputs[tid])
+            n_first += 1
+        decoys: set[bytes] = set()
+        if n_follow and not n_first:
+            # the tail of a run: pad to a full-looking batch with decoys
+            want = min(self.batch_size, max(n_follow * 2, 8)) - len(jobs)
+            pool = list(self._recent) or [self.inputs[a] for a in list(self.inputs)[-8:]]
+            for _ in range(max(0, want)):
+                jid = self._new_id()
+                decoys.add(jid)
+                jobs.append(Job(jid, self.rng.choice(pool)))
+            self.rng.shuffle(jobs)
+            self.decoys_sent += len(decoys)
+        elif n_follow:
+            self.rng.shuffle(jobs)
+        if not jobs:
+            return None
+        return Batch(node, tuple(jobs), frozenset(decoys))
+
+    def forget(self, task: int) -> None:
+        self.inputs.pop(task, None)
+
+
+class LocalDriver:
+    """Runs a protocol round synchronously on in-process :class:`NodeCore` objects.
+
+    The same rules and the same batch composition as the Ray runtime, without Ray:
+    what tests, the simulator's event engine and the soundness matrix drive.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeCore],
+        protocol: Protocol,
+        *,
+        batch_size: int = 64,
+        rng: random.Random | None = None,
+        job_ids: Callable[[], bytes] | None = None,
+        register: bool = True,
+    ) -> None:
+        self.nodes = {n.public: n for n in nodes}
+        self.protocol = protocol
+        self.scheduler = Scheduler(protocol, batch_size=batch_size, rng=rng, job_ids=job_ids)
+        self.crash: Callable[[bytes, Batch], bool] | None = None
+        if register:
+            for n in nodes:
+                protocol.register(n.public, n.profile_digest)
+            protocol.open_epoch()
+            protocol.flush()
+
+    def run(self, inputs: Sequence[Any], *, importance: Sequence[float] | None = None
+            ) -> list[Outcome]:
+        """Submit every input; return outcomes in submission order once all are settled."""
+        self.protocol.require_verifiable()
+        tids = [
+            self.scheduler.add_task(x, importance=1.0 if importance is None else importance[i])
+            for i, x in enumerate(inputs)
+        ]
+        outputs: dict[int, Any] = {}
+        done: dict[int, Outcome] = {}
+        first_out: dict[bytes, Any] = {}
+        order = list(self.nodes)
+        while self.scheduler.has_work() or self.protocol.pending_tasks:
+            progressed = False
+            for node_id in order:
+                if not self.protocol.is_active(node_id):
+                    continue
+                batch = self.scheduler.next_batch(node_id)
+                if batch is None:
+                    continue
+                progressed = True
+                if self.crash is not None and self.crash(node_id, batch):
+                    self.scheduler.add_follow_ups(self.protocol.on_node_failure(node_id))
+                    continue
+                res: BatchResult = self.nodes[node_id].run_batch(batch.jobs)
+                keep = [
+                    i for i, s in enumerate(res.receipts)
+                    if s.receipt.job_id not in batch.decoys
+                ]
+                for i in keep:
+                    jid = res.receipts[i].receipt.job_id
+                    info = self.protocol.job(jid)
+                    if info is not None and info[2] is Role.FIRST:
+                        first_out[jid] = res.outputs[i]
+                follow = self.protocol.on_batch(
+                    node_id, res.batch,
+                    [res.receipts[i] for i in keep], [res.outputs[i] for i in keep],
+                )
+                self.scheduler.add_follow_ups(follow)
+                self.scheduler.add_follow_ups(self.protocol.take_reissued())
+                for r in self.protocol.flush():
+                    out = r.output
+                    if r.state is not State.OVERTURNED and r.receipt is not None:
+                        out = first_out.pop(r.receipt.receipt.job_id, None)
+                    outputs[r.task] = out
+                    done[r.task] = Outcome(r.task, out, r.state, r)
+                    self.scheduler.forget(r.task)
+            if not progressed:
+                if self.protocol.pending_tasks and not self.scheduler.has_work():
+                    raise RuntimeError("protocol has pending tasks but nothing to dispatch")
+                if not self.scheduler.has_work():
+                    break
+                self.protocol.require_verifiable()
+        for r in self.protocol.flush():
+            done[r.task] = Outcome(r.task, r.output, r.state, r)
+        return [done[t] for t in tids]

@@ -1,0 +1,166 @@
+"""The coordinator's Ray-free rules, driven through LocalDriver with numpy nodes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from posp.compare import RelativeL2
+from posp.errors import NotEnoughNodes
+from posp.identity import NodeKey
+from posp.ledger import Ledger
+from posp.node import CheatRate, Honest, Job, NodeCore
+from posp.protocol import Protocol, ProtocolParams, Role, State
+from posp.receipts import capture_profile
+from posp.sampling import EpochSeed, UniformPolicy
+from posp.scheduler import LocalDriver, Scheduler
+
+W = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+
+
+def honest_runner(xs):
+    return [np.tanh(W @ x) for x in xs]
+
+
+def drifting_runner(xs):
+    # same function, different float path: sum order changes the last bits
+    return [np.tanh((W.astype(np.float64) @ x.astype(np.float64)).astype(np.float32))
+            for x in xs]
+
+
+def zeros(xs):
+    return [np.zeros(16, np.float32) for _ in xs]
+
+
+def make_nodes(n, *, cheaters=(), rate=1.0, runners=None, seed=0):
+    out = []
+    for i in range(n):
+        key = NodeKey.from_seed(bytes([seed, i]) + bytes(30))
+        prof = capture_profile(threads=1 + (i % 2), batched=bool(i % 3))
+        beh = CheatRate(rate, zeros, seed=i) if i in cheaters else Honest()
+        runner = runners[i] if runners else honest_runner
+        out.append(NodeCore(key, prof, runner, beh))
+    return out
+
+
+def make_protocol(tmp_path, *, p=0.3, seed=1, params=None, ledger=True):
+    led = Ledger(tmp_path / "l.db") if ledger else None
+    rng = random.Random(seed)
+    return Protocol(
+        ledger=led,
+        comparator=RelativeL2(1e-5),
+        policy=UniformPolicy(p),
+        params=params or ProtocolParams(),
+        rng=rng,
+        job_ids=lambda: rng.randbytes(16),
+        epoch_seed=EpochSeed(bytes([seed]) * 32),
+    )
+
+
+def inputs(n, seed=5):
+    g = np.random.default_rng(seed)
+    return [g.standard_normal(8).astype(np.float32) for _ in range(n)]
+
+
+def test_honest_run_with_drift_never_slashes(tmp_path):
+    runners = [honest_runner, drifting_runner, honest_runner, drifting_runner]
+    nodes = make_nodes(4, runners=runners)
+    proto = make_protocol(tmp_path, p=0.5)
+    drv = LocalDriver(nodes, proto, batch_size=16, rng=random.Random(2))
+    outs = drv.run(inputs(400))
+    assert len(outs) == 400
+    states = {o.state for o in outs}
+    assert states <= {State.NOT_SAMPLED, State.AGREED}
+    assert proto.stats["slashes"] == 0
+    assert proto.stats["sampled"] > 100
+    for o, x in zip(outs, inputs(400), strict=True):
+        np.testing.assert_allclose(o.output, np.tanh(W @ x), rtol=1e-5, atol=1e-6)
+    assert proto.ledger.verify().ok
+
+
+def test_full_time_cheater_is_slashed_and_overturned(tmp_path):
+    nodes = make_nodes(6, cheaters={0})
+    proto = make_protocol(tmp_path, p=0.5, params=ProtocolParams(slash=6000, bond=10_000))
+    drv = LocalDriver(nodes, proto, batch_size=8, rng=random.Random(3))
+    outs = drv.run(inputs(200))
+    cheater = nodes[0].public
+    assert proto.nodes[cheater].ejected
+    assert proto.stats["slashes"] >= 1
+    # every slash hit the cheater only
+    led = proto.ledger
+    slashed = {ev["node"] for ev in led.events() if ev.kind == "slash"}
+    assert slashed == {cheater}
+    overturned = [o for o in outs if o.state is State.OVERTURNED]
+    assert overturned, "a caught cheat's output must be replaced"
+    for o in outs:
+        if o.state is not State.NOT_SAMPLED or o.result.asserter != cheater:
+            assert not np.all(o.output == 0)
+
+
+def test_validation_jobs_look_like_first_jobs(tmp_path):
+    nodes = make_nodes(3)
+    proto = make_protocol(tmp_path, p=1.0)
+    for n in nodes:
+        proto.register(n.public, n.profile_digest)
+    proto.open_epoch()
+    sched = Scheduler(proto, batch_size=4, rng=random.Random(0))
+    for x in inputs(8):
+        sched.add_task(x)
+    b = sched.next_batch(nodes[0].public)
+    res = nodes[0].run_batch(b.jobs)
+    follow = proto.on_batch(nodes[0].public, res.batch, res.receipts, res.outputs)
+    assert follow and all(a.role is Role.VALIDATE for a in follow)
+    sched.add_follow_ups(follow)
+    target = follow[0].node
+    vb = sched.next_batch(target)
+    # the same message type and fields for every job; ids carry no role
+    assert all(type(j) is Job and len(j.job_id) == 16 for j in vb.jobs)
+    assert {type(j).__slots__ for j in vb.jobs} == {Job.__slots__}
+    # mixed with first executions (tasks remain), not a batch of its own
+    roles = {proto.job(j.job_id)[2] for j in vb.jobs}
+    assert roles == {Role.FIRST, Role.VALIDATE}
+
+
+def test_tail_batches_are_padded_with_decoys(tmp_path):
+    nodes = make_nodes(3)
+    proto = make_protocol(tmp_path, p=1.0)
+    for n in nodes:
+        proto.register(n.public, n.profile_digest)
+    proto.open_epoch()
+    sched = Scheduler(proto, batch_size=8, rng=random.Random(0))
+    sched.add_task(inputs(1)[0])
+    b = sched.next_batch(nodes[0].public)
+    res = nodes[0].run_batch(b.jobs)
+    follow = proto.on_batch(nodes[0].public, res.batch, res.receipts, res.outputs)
+    sched.add_follow_ups(follow)
+    vb = sched.next_batch(follow[0].node)
+    assert len(vb.jobs) >= 8 and len(vb.decoys) == len(vb.jobs) - 1
+
+
+def test_refuses_verification_with_one_node(tmp_path):
+    nodes = make_nodes(1)
+    proto = make_protocol(tmp_path)
+    drv = LocalDriver(nodes, proto)
+    with pytest.raises(NotEnoughNodes, match="refusing"):
+        drv.run(inputs(3))
+
+
+def test_crash_is_liveness_not_slash(tmp_path):
+    nodes = make_nodes(4)
+    proto = make_protocol(tmp_path, p=0.5)
+    drv = LocalDriver(nodes, proto, batch_size=8, rng=random.Random(4))
+    calls = {"n": 0}
+
+    def crash(node, batch):
+        calls["n"] += 1
+        return node == nodes[1].public and calls["n"] == 6
+
+    drv.crash = crash
+    outs = drv.run(inputs(120))
+    assert len(outs) == 120 and all(o.output is not None for o in outs)
+    assert proto.stats["slashes"] == 0
+    kinds = [ev.kind for ev in proto.ledger.events()]
+    assert "liveness" in kinds and "slash" not in kinds
+    assert proto.ledger.verify().ok
