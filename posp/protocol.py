@@ -268,6 +268,7 @@ class Protocol:
 
     def _issue(self, task: int, node: bytes, role: Role) -> Assignment:
         jid = self._new_id()
+        self.stats[f"jobs_{role.value}"] += 1
         self._jobs[jid] = _Job(task, node, role)
         self.nodes[node].outstanding.add(jid)
         return Assignment(jid, node, task, role)

@@ -72,6 +72,9 @@ class Scheduler:
         self.inputs: dict[int, Any] = {}
         self._recent: deque[Any] = deque(maxlen=256)
         self.decoys_sent = 0
+        self.reserve = 2 * batch_size
+        # (re-executions, first executions, decoys) of recent batches, for inspection
+        self.log: deque[tuple[int, int, int]] = deque(maxlen=10_000)
 
     def add_task(self, value: Any, *, importance: float = 1.0) -> int:
         tid = self.protocol.new_task(digest_value("input", value), importance=importance)
@@ -84,6 +87,9 @@ class Scheduler:
             # re-issued first executions go to their named node like follow-ups
             self._follow.setdefault(a.node, deque()).append(a)
 
+    def has_fresh(self) -> bool:
+        return bool(self._fresh)
+
     def has_work(self) -> bool:
         return bool(self._fresh) or any(self._follow.values())
 
@@ -91,9 +97,14 @@ class Scheduler:
         q = self._follow.get(node)
         return len(q) if q else 0
 
-    def next_batch(self, node: bytes) -> Batch | None:
+    def next_batch(self, node: bytes, *, force: bool = False) -> Batch | None:
         """The next batch for ``node``: its queued re-executions first, then new tasks,
-        then decoys if the batch would otherwise hold re-executions only."""
+        then decoys if the batch would otherwise hold re-executions only.
+
+        While dispatched tasks are still open, the last ``2 * batch_size`` new tasks are
+        held in reserve for batches that carry re-executions, so that those travel among real
+        first executions instead of decoys. ``force`` releases the reserve (the caller
+        does so when nothing else can run)."""
         jobs: list[Job] = []
         q = self._follow.get(node)
         n_follow = 0
@@ -104,7 +115,14 @@ class Scheduler:
             jobs.append(Job(a.job_id, self.inputs[a.task]))
             n_follow += 1
         n_first = 0
-        while self._fresh and len(jobs) < self.batch_size:
+        room = self.batch_size - len(jobs)
+        open_work = self.protocol.pending_tasks > len(self._fresh)
+        if open_work and not force:
+            # keep a reserve of new tasks for batches that carry re-executions; such a
+            # batch may dip into it one new task per re-execution
+            free = max(0, len(self._fresh) - self.reserve)
+            room = min(room, free + n_follow)
+        while self._fresh and n_first < room:
             tid = self._fresh.popleft()
             a = self.protocol.first_job(tid, node)
             jobs.append(Job(a.job_id, self.inputs[tid]))
@@ -113,7 +131,9 @@ class Scheduler:
         decoys: set[bytes] = set()
         if n_follow and not n_first:
             # the tail of a run: pad to a full-looking batch with decoys
-            want = min(self.batch_size, max(n_follow * 2, 8)) - len(jobs)
+            # a small batch like the last partial batch of any run: as many decoys as
+            # real jobs (at least 4 jobs in all), so batch size says nothing of the role
+            want = min(self.batch_size, max(n_follow * 2, 4)) - len(jobs)
             pool = list(self._recent) or [self.inputs[a] for a in list(self.inputs)[-8:]]
             for _ in range(max(0, want)):
                 jid = self._new_id()
@@ -125,6 +145,7 @@ class Scheduler:
             self.rng.shuffle(jobs)
         if not jobs:
             return None
+        self.log.append((n_follow, n_first, len(decoys)))
         return Batch(node, tuple(jobs), frozenset(decoys))
 
     def forget(self, task: int) -> None:
@@ -170,12 +191,13 @@ class LocalDriver:
         done: dict[int, Outcome] = {}
         first_out: dict[bytes, Any] = {}
         order = list(self.nodes)
+        force = False
         while self.scheduler.has_work() or self.protocol.pending_tasks:
             progressed = False
             for node_id in order:
                 if not self.protocol.is_active(node_id):
                     continue
-                batch = self.scheduler.next_batch(node_id)
+                batch = self.scheduler.next_batch(node_id, force=force)
                 if batch is None:
                     continue
                 progressed = True
@@ -211,6 +233,9 @@ class LocalDriver:
                 if not self.scheduler.has_work():
                     break
                 self.protocol.require_verifiable()
+                force = True
+            else:
+                force = False
         for r in self.protocol.flush():
             done[r.task] = Outcome(r.task, r.output, r.state, r)
         return [done[t] for t in tids]

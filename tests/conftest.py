@@ -15,7 +15,7 @@ def ray_session():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
         started = True
     yield ray

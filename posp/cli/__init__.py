@@ -19,6 +19,8 @@ from ..errors import PospError
 COMMANDS: dict[str, tuple[str, str]] = {
     "economics": ("economics", "the Nash sampling threshold p* and a detection table"),
     "ledger": ("ledger", "show, verify or audit a stake ledger"),
+    "simulate": ("simulate", "adversarial simulation with theory side by side"),
+    "demo": ("demo", "verified inference with cheaters on a local Ray instance"),
 }
 
 

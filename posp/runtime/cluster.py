@@ -1,0 +1,434 @@
+"""The long-lived verified cluster: node actors, the dispatch loop, settlement.
+
+:class:`Cluster` starts (or joins) Ray, builds node actors from a picklable workload
+factory, registers them in the stake ledger with a bond, and runs
+:meth:`Cluster.map`: batches travel to nodes with several in flight per node, signed
+results come back, the Ray-free :class:`~posp.protocol.Protocol` decides what is
+sampled, validated, disputed and slashed, and every settlement is group-committed to the
+ledger before the result is reported. Ray's errors are translated to posp's here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+from ..compare import Comparator, RelativeL2
+from ..digest import digest_value
+from ..errors import ClusterError, ConfigError, NotEnoughNodes
+from ..ledger import Ledger
+from ..node import BatchResult, Behaviour, Runner
+from ..protocol import Protocol, ProtocolParams, Role, State, TaskResult
+from ..receipts import SignedReceipt
+from ..sampling import EpochSeed, SamplingPolicy, UniformPolicy
+from ..scheduler import Batch, Scheduler
+from .actor import NodeActor, NodeSpec
+
+__all__ = ["Cluster", "NodeInfo", "Result"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One verified result: the output, the asserter's signed receipt, the state.
+
+    ``state`` is one of :class:`~posp.protocol.State`: ``AGREED`` (checked and agreed),
+    ``NOT_SAMPLED``, ``UPHELD`` (disputed and upheld), ``OVERTURNED`` (the asserter lost
+    arbitration; ``output`` is the output that won), ``UNRESOLVED``.
+    """
+
+    task: int
+    output: Any
+    receipt: SignedReceipt | None
+    state: State
+    asserter: bytes
+
+    @property
+    def checked(self) -> bool:
+        return self.state in (State.AGREED, State.UPHELD, State.OVERTURNED)
+
+    @property
+    def overturned(self) -> bool:
+        return self.state is State.OVERTURNED
+
+
+@dataclass
+class NodeInfo:
+    public: bytes
+    profile_digest: bytes
+    profile: Any
+    spec: NodeSpec
+    actor: Any
+    alive: bool = True
+    asserted: int = 0
+    slashed_after: int | None = None  # first jobs asserted when first slashed
+
+    @property
+    def id(self) -> str:
+        return self.public.hex()[:16]
+
+
+class Cluster:
+    """Verified inference on Ray. Use as a context manager; see the README.
+
+    ``workload`` is a picklable factory ``() -> runner`` where ``runner(inputs) ->
+    outputs`` (use :func:`posp.runtime.torch_module` to wrap a torch ``nn.Module``
+    factory). ``nodes`` is a count or a list of :class:`NodeSpec` (to mix thread counts,
+    batched and per-job execution, or cheating behaviours). ``ledger`` is a path (a
+    temporary file by default). ``address`` joins an existing Ray cluster; by default a
+    local Ray instance is started and stopped again on :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        workload: Callable[[], Runner] | None = None,
+        *,
+        nodes: int | Sequence[NodeSpec] = 4,
+        sample_rate: float = 0.1,
+        policy: SamplingPolicy | None = None,
+        params: ProtocolParams | None = None,
+        comparator: Comparator | Callable[[bytes, bytes], Comparator] | None = None,
+        ledger: str | os.PathLike[str] | None = None,
+        address: str | None = None,
+        batch_size: int = 64,
+        in_flight: int = 2,
+        timeout_s: float = 120.0,
+        threads: int = 1,
+        seed: int | None = None,
+        num_cpus: int | None = None,
+        behaviours: dict[int, Behaviour] | None = None,
+    ) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ConfigError(f"must be in [0, 1], got {sample_rate}", key="sample_rate")
+        if batch_size < 1:
+            raise ConfigError("must be >= 1", key="batch_size")
+        if in_flight < 1:
+            raise ConfigError("must be >= 1", key="in_flight")
+        if isinstance(nodes, int):
+            if workload is None:
+                raise ConfigError("a workload factory is needed with a node count", key="workload")
+            if nodes < 1:
+                raise ConfigError("must be >= 1", key="nodes")
+            specs = [
+                NodeSpec(workload, threads=threads, behaviour=(behaviours or {}).get(i),
+                         key_seed=None if seed is None else _key_seed(seed, i))
+                for i in range(nodes)
+            ]
+        else:
+            specs = list(nodes)
+        self.batch_size = batch_size
+        self.in_flight = in_flight
+        self.timeout_s = timeout_s
+        self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+        self._started_ray = False
+        self._closed = False
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self.coordinator_cpu_s = 0.0
+        self._ordinal: dict[bytes, int] = {}
+        self.jobs_dispatched = 0
+        if ledger is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="posp-")
+            ledger = Path(self._tmpdir.name) / "ledger.db"
+        self.ledger_path = Path(ledger)
+        self._start_ray(address, num_cpus or max(os.cpu_count() or 1,
+                                                 sum(s.threads for s in specs)))
+        try:
+            self.ledger = Ledger(self.ledger_path)
+            self.nodes = self._start_nodes(specs)
+            self.protocol = Protocol(
+                ledger=self.ledger,
+                comparator=comparator or RelativeL2(1e-4),
+                policy=policy or UniformPolicy(sample_rate),
+                params=params or ProtocolParams(),
+                rng=random.Random(self._rng.getrandbits(64)),
+                job_ids=(lambda: self._rng.randbytes(16)) if seed is not None else None,
+                epoch_seed=self._recover_epochs(),
+            )
+            for n in self.nodes.values():
+                self.protocol.register(n.public, n.profile_digest)
+            self.protocol.open_epoch()
+            self.protocol.flush()
+        except BaseException:
+            self._shutdown()
+            raise
+        self.scheduler = Scheduler(
+            self.protocol, batch_size=batch_size,
+            rng=random.Random(self._rng.getrandbits(64)),
+            job_ids=(lambda: self._rng.randbytes(16)) if seed is not None else None,
+        )
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def _start_ray(self, address: str | None, num_cpus: int) -> None:
+        try:
+            if not ray.is_initialized():
+                if address is None:
+                    ray.init(num_cpus=num_cpus, include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
+                else:
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
+                self._started_ray = True
+        except (RayError, ConnectionError, ValueError, RuntimeError) as exc:
+            raise ClusterError(f"cannot start or join Ray ({address or 'local'}): {exc}") from exc
+
+    def _start_nodes(self, specs: list[NodeSpec]) -> dict[bytes, NodeInfo]:
+        want = sum(s.threads for s in specs)
+        have = ray.cluster_resources().get("CPU", 0)
+        if want > have:
+            raise ClusterError(
+                f"{len(specs)} nodes need {want} CPUs (one per torch thread) but the Ray "
+                f"cluster has {have:g}; start Ray with more num_cpus or use fewer nodes"
+            )
+        actors = [NodeActor.options(num_cpus=s.threads).remote(s) for s in specs]
+        try:
+            idents = ray.get([a.identity.remote() for a in actors], timeout=self.timeout_s)
+        except (RayError, GetTimeoutError) as exc:
+            for a in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(a)
+            raise ClusterError(f"node actors failed to start: {exc}") from exc
+        out: dict[bytes, NodeInfo] = {}
+        for spec, actor, (pub, prof_digest, prof) in zip(specs, actors, idents, strict=True):
+            if pub in out:
+                raise ConfigError("two nodes share one key", key="key_seed")
+            out[pub] = NodeInfo(pub, prof_digest, prof, spec, actor)
+        return out
+
+    @property
+    def seed_path(self) -> Path:
+        return self.ledger_path.with_name(self.ledger_path.name + ".epoch")
+
+    def _recover_epochs(self) -> EpochSeed:
+        """Reveal an epoch left open by a coordinator that stopped, then start a new seed.
+
+        The open epoch's secret lives in a 0600 file beside the ledger; it is written
+        before its commitment reaches the ledger, so a crash never strands a commitment.
+        """
+        open_epochs = _unrevealed_epochs(self.ledger)
+        if open_epochs and self.seed_path.exists():
+            old = EpochSeed.load(self.seed_path)
+            with self.ledger.group() as g:
+                for epoch, commitment in open_epochs:
+                    if commitment == old.commitment:
+                        g.epoch_reveal(epoch, bytes(old))
+                    else:
+                        g.note("epoch seed lost; decisions of this epoch stay unauditable",
+                               [epoch])
+        elif open_epochs:
+            with self.ledger.group() as g:
+                for epoch, _c in open_epochs:
+                    g.note("epoch seed lost; decisions of this epoch stay unauditable", [epoch])
+        seed = EpochSeed.generate()
+        seed.save(self.seed_path)
+        return seed
+
+    def close(self) -> None:
+        """Reveal the epoch's seed, commit, stop the node actors (and Ray if we started it)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.protocol.close_epoch()
+            self.protocol.flush()
+            with contextlib.suppress(FileNotFoundError):
+                self.seed_path.unlink()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for n in getattr(self, "nodes", {}).values():
+            with contextlib.suppress(Exception):
+                ray.kill(n.actor)
+        if getattr(self, "ledger", None) is not None:
+            with contextlib.suppress(Exception):
+                self.ledger.close()
+        if self._started_ray:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            self._started_ray = False
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- work -------------------------------------------------------------------------
+
+    def submit(self, value: Any, *, importance: float = 1.0) -> Result:
+        """Run one input; return once its settlement is committed."""
+        return self.map([value], importance=[importance])[0]
+
+    def map(
+        self,
+        values: Sequence[Any],
+        *,
+        importance: Sequence[float] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Result]:
+        """Run many inputs; results come back in submission order, each settled.
+
+        ``progress(done, total)`` is called as results settle.
+        """
+        if self._closed:
+            raise ClusterError("the cluster is closed")
+        if importance is not None and len(importance) != len(values):
+            raise ConfigError("one importance per input", key="importance")
+        self.protocol.require_verifiable()
+        t_cpu = time.process_time()
+        tids = [
+            self.scheduler.add_task(v, importance=1.0 if importance is None else importance[i])
+            for i, v in enumerate(values)
+        ]
+        self.coordinator_cpu_s += time.process_time() - t_cpu
+        done: dict[int, Result] = {}
+        first_out: dict[bytes, Any] = {}
+        flight: dict[Any, tuple[NodeInfo, Batch, float]] = {}
+        per_node: dict[bytes, int] = dict.fromkeys(self.nodes, 0)
+        total = len(values)
+        while len(done) < total:
+            t_cpu = time.process_time()
+            self._fill(flight, per_node, first_out)
+            if not flight:  # only the reserve of new tasks is left: release it
+                self._fill(flight, per_node, first_out, force=True)
+            self.coordinator_cpu_s += time.process_time() - t_cpu
+            if not flight:
+                self.protocol.require_verifiable()
+                raise ClusterError(
+                    f"{total - len(done)} task(s) cannot progress: no batch can be dispatched"
+                )
+            ready, _ = ray.wait(list(flight), num_returns=1, timeout=min(self.timeout_s, 5.0))
+            t_cpu = time.process_time()
+            if not ready:
+                self._check_timeouts(flight, per_node)
+            for ref in ready:
+                info, batch, _t0 = flight.pop(ref)
+                per_node[info.public] -= 1
+                try:
+                    res: BatchResult = ray.get(ref)
+                except (RayActorError, RayTaskError, RayError) as exc:
+                    self._fail(info, "crash", exc)
+                    continue
+                self._take(info, batch, res, first_out)
+            for r in self.protocol.flush():
+                self._settled(r, first_out, done)
+                if progress is not None:
+                    progress(len(done), total)
+            self.coordinator_cpu_s += time.process_time() - t_cpu
+        return [done[t] for t in tids]
+
+    def _fill(self, flight: dict[Any, tuple[NodeInfo, Batch, float]],
+              per_node: dict[bytes, int], first_out: dict[bytes, Any], *,
+              force: bool = False) -> None:
+        for info in self.nodes.values():
+            if not info.alive or not self.protocol.is_active(info.public):
+                continue
+            while per_node[info.public] < self.in_flight:
+                if per_node[info.public] and not self.scheduler.has_fresh():
+                    # the tail: let re-executions accumulate into one batch per node
+                    # rather than many small ones padded with decoys
+                    break
+                batch = self.scheduler.next_batch(info.public, force=force)
+                if batch is None:
+                    break
+                for j in batch.jobs:
+                    job = self.protocol.job(j.job_id)
+                    if job is not None and job[2] is Role.FIRST:
+                        info.asserted += 1
+                        self._ordinal[j.job_id] = info.asserted
+                self.jobs_dispatched += len(batch.jobs)
+                ref = info.actor.run_batch.remote(batch.jobs)
+                flight[ref] = (info, batch, time.monotonic())
+                per_node[info.public] += 1
+
+    def _take(self, info: NodeInfo, batch: Batch, res: BatchResult,
+              first_out: dict[bytes, Any]) -> None:
+        keep = [i for i, s in enumerate(res.receipts) if s.receipt.job_id not in batch.decoys]
+        signed = [res.receipts[i] for i in keep]
+        outputs = [res.outputs[i] for i in keep]
+        for s, out in zip(signed, outputs, strict=True):
+            job = self.protocol.job(s.receipt.job_id)
+            if job is not None and job[2] is Role.FIRST:
+                first_out[s.receipt.job_id] = out
+        follow = self.protocol.on_batch(info.public, res.batch, signed, outputs)
+        self.scheduler.add_follow_ups(follow)
+        self.scheduler.add_follow_ups(self.protocol.take_reissued())
+
+    def _settled(self, r: TaskResult, first_out: dict[bytes, Any],
+                 done: dict[int, Result]) -> None:
+        out = r.output
+        if r.receipt is not None:
+            held = first_out.pop(r.receipt.receipt.job_id, None)
+            if r.state is not State.OVERTURNED:
+                out = held
+        first_id = r.receipt.receipt.job_id if r.receipt is not None else None
+        ordinal = self._ordinal.pop(first_id, None) if first_id is not None else None
+        for n in r.slashed:
+            info = self.nodes.get(n)
+            if info is not None and info.slashed_after is None:
+                # caught on its own job: that job's place in its sequence of first jobs;
+                # caught as a validator or arbiter: the first jobs it had received by then
+                info.slashed_after = ordinal if n == r.asserter and ordinal else info.asserted
+        done[r.task] = Result(r.task, out, r.receipt, r.state, r.asserter)
+        self.scheduler.forget(r.task)
+
+    def _fail(self, info: NodeInfo, reason: str, exc: BaseException | None = None) -> None:
+        if not info.alive:
+            return
+        info.alive = False
+        with contextlib.suppress(Exception):
+            ray.kill(info.actor)
+        self.scheduler.add_follow_ups(self.protocol.on_node_failure(info.public, reason=reason))
+
+    def _check_timeouts(self, flight: dict[Any, tuple[NodeInfo, Batch, float]],
+                        per_node: dict[bytes, int]) -> None:
+        now = time.monotonic()
+        for ref, (info, _b, t0) in list(flight.items()):
+            if now - t0 > self.timeout_s:
+                flight.pop(ref)
+                per_node[info.public] -= 1
+                self._fail(info, "timeout")
+
+    # ---- introspection ------------------------------------------------------------------
+
+    def kill_node(self, index: int) -> bytes:
+        """Kill one node actor (fault injection for tests and demos)."""
+        info = list(self.nodes.values())[index]
+        ray.kill(info.actor, no_restart=True)
+        return info.public
+
+    def live_nodes(self) -> int:
+        return len(self.protocol.live_nodes())
+
+    def check_live(self) -> None:
+        if self.live_nodes() < 2:
+            raise NotEnoughNodes("fewer than two live nodes")
+
+
+def _unrevealed_epochs(ledger: Ledger) -> list[tuple[int, bytes]]:
+    fn = getattr(ledger, "unrevealed_epochs", None)
+    if fn is not None:
+        return list(fn())
+    out: dict[int, bytes] = {}
+    for ev in ledger.events():
+        if ev.kind == "epoch_open":
+            out[ev["epoch"]] = ev["commitment"]
+        elif ev.kind == "epoch_reveal":
+            out.pop(ev["epoch"], None)
+    return sorted(out.items())
+
+
+def _key_seed(seed: int, index: int) -> bytes:
+    return digest_value("node-key-seed", [seed, index])
