@@ -41,7 +41,7 @@ from .compare import Comparator, Verdict, VerdictKind
 from .digest import digest_value
 from .errors import BadSignature, ConfigError, NotEnoughNodes, ProfileMismatch
 from .ledger import Ledger
-from .receipts import BatchCommitment, SignedReceipt, verify_receipt
+from .receipts import BatchCommitment, SignedReceipt, verify_batch, verify_receipt
 from .sampling import EpochSeed, SamplingPolicy, UniformPolicy, decide, rates_to_ppb
 
 __all__ = [
@@ -310,17 +310,34 @@ class Protocol:
             batch.verify()
         except BadSignature:
             bad_batch = True
+        # fast path: the whole batch is here, so recompute its root once instead of
+        # checking one inclusion proof per job
+        whole = False
+        if not bad_batch and len(signed) == batch.count:
+            try:
+                if any(s.index != i or s.batch != batch for i, s in enumerate(signed)):
+                    raise BadSignature("receipts out of order or from another batch")
+                verify_batch(batch, [s.receipt for s in signed],
+                             expected_profile_digest=st.profile,
+                             verified_batches=self._verified_batches)
+                whole = True
+            except (BadSignature, ProfileMismatch):
+                whole = False  # find the bad ones one by one below
         for s, out in zip(signed, outputs, strict=True):
             jid = s.receipt.job_id
             job = self._jobs.get(jid)
             if job is None or job.node != node:
+                # a decoy, a job re-issued elsewhere meanwhile, or a replayed receipt
                 prior = self._seen.get(jid)
                 if prior is not None and prior.receipt.node == node:
                     self._check_equivocation(prior, s)
-                self.stats["unknown_receipts"] += 1
+                self.stats["unmatched_receipts"] += 1
                 continue
-            ok = not bad_batch and s.batch == batch
-            if ok:
+            if whole:
+                ok = s.receipt.input_digest == self._tasks[job.task].input_digest
+            else:
+                ok = not bad_batch and s.batch == batch
+            if ok and not whole:
                 try:
                     r = verify_receipt(
                         s,
@@ -387,6 +404,7 @@ class Protocol:
             t.output = out
             follow.extend(self._start_validation(t))
         if unsampled:
+            self.nodes[node].stake += self.params.reward * unsampled
             self._op("reward", node, self.params.reward * unsampled, ref=batch.commitment.hex())
         return follow
 

@@ -205,18 +205,15 @@ class LocalDriver:
                     self.scheduler.add_follow_ups(self.protocol.on_node_failure(node_id))
                     continue
                 res: BatchResult = self.nodes[node_id].run_batch(batch.jobs)
-                keep = [
-                    i for i, s in enumerate(res.receipts)
-                    if s.receipt.job_id not in batch.decoys
-                ]
-                for i in keep:
-                    jid = res.receipts[i].receipt.job_id
+                for s, out in zip(res.receipts, res.outputs, strict=True):
+                    jid = s.receipt.job_id
                     info = self.protocol.job(jid)
                     if info is not None and info[2] is Role.FIRST:
-                        first_out[jid] = res.outputs[i]
+                        first_out[jid] = out
+                # decoys travel on to the protocol too: it ignores jobs it did not
+                # issue, and a whole batch is checked with one root recomputation
                 follow = self.protocol.on_batch(
-                    node_id, res.batch,
-                    [res.receipts[i] for i in keep], [res.outputs[i] for i in keep],
+                    node_id, res.batch, list(res.receipts), list(res.outputs)
                 )
                 self.scheduler.add_follow_ups(follow)
                 self.scheduler.add_follow_ups(self.protocol.take_reissued())

@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ledger": ("ledger", "show, verify or audit a stake ledger"),
     "simulate": ("simulate", "adversarial simulation with theory side by side"),
     "demo": ("demo", "verified inference with cheaters on a local Ray instance"),
+    "calibrate": ("calibrate", "measure honest drift and write a calibration file"),
+    "soundness": ("soundness", "the soundness matrix: honest drift vs every cheat"),
 }
 
 

@@ -188,6 +188,9 @@ class Cluster:
                 f"{len(specs)} nodes need {want} CPUs (one per torch thread) but the Ray "
                 f"cluster has {have:g}; start Ray with more num_cpus or use fewer nodes"
             )
+        deadline = time.monotonic() + 15.0  # actors killed just before free CPUs lazily
+        while ray.available_resources().get("CPU", 0) < want and time.monotonic() < deadline:
+            time.sleep(0.1)
         actors = [NodeActor.options(num_cpus=s.threads).remote(s) for s in specs]
         try:
             idents = ray.get([a.identity.remote() for a in actors], timeout=self.timeout_s)
@@ -355,9 +358,10 @@ class Cluster:
 
     def _take(self, info: NodeInfo, batch: Batch, res: BatchResult,
               first_out: dict[bytes, Any]) -> None:
-        keep = [i for i, s in enumerate(res.receipts) if s.receipt.job_id not in batch.decoys]
-        signed = [res.receipts[i] for i in keep]
-        outputs = [res.outputs[i] for i in keep]
+        # decoys go to the protocol too: it ignores jobs it did not issue, and the whole
+        # batch is then checked with one Merkle root recomputation
+        signed = list(res.receipts)
+        outputs = list(res.outputs)
         for s, out in zip(signed, outputs, strict=True):
             job = self.protocol.job(s.receipt.job_id)
             if job is not None and job[2] is Role.FIRST:
