@@ -28,6 +28,7 @@ value (non-minimal integers, float32, maps, extension types, trailing bytes), ra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -445,6 +446,15 @@ def encode(value: Any) -> bytes:
     return _packb(_to_wire_value(value))
 
 
+def encode_flat(items: list[Any]) -> bytes:
+    """Canonical bytes of a list already in wire form (only bytes, str, bool, int, None).
+
+    A hot path (one receipt per job): the caller guarantees the wire form, so no
+    conversion pass runs. Gives exactly ``encode(items)`` for such lists.
+    """
+    return msgpack.packb(items, use_bin_type=True)
+
+
 def encode_array(value: np.ndarray | NDArray) -> bytes:
     return encode(value)
 
@@ -487,6 +497,20 @@ def _parts(node: Any, canonical_nan: bool) -> Iterator[tuple[str | None, bytes |
             yield from _parts(item, canonical_nan)
     else:
         yield None, _packb(_canon_float(node) if canonical_nan else node)
+
+
+@functools.lru_cache(maxsize=1024)
+def array_header(wire: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """The bytes :func:`encode` writes before an array's data (a hot path for digests)."""
+    head = msgpack.packb([_ARRAY_TAG, _ARRAY_VERSION, wire, list(shape)], use_bin_type=True)
+    # fixarray(4) -> fixarray(5), then the bin header of the data
+    if nbytes < 256:
+        bin_head = b"\xc4" + nbytes.to_bytes(1, "big")
+    elif nbytes < 65536:
+        bin_head = b"\xc5" + nbytes.to_bytes(2, "big")
+    else:
+        bin_head = b"\xc6" + nbytes.to_bytes(4, "big")
+    return b"\x95" + head[1:] + bin_head
 
 
 def encoded_parts(

@@ -88,7 +88,23 @@ def _head(hashes: list[bytes], lo: int, hi: int) -> bytes:
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """The 32-byte root over ``leaves`` (32-byte digests, at least one), count included."""
     items = _checked_leaves(leaves)
-    return _root_hash(len(items), _head([_leaf_hash(x) for x in items], 0, len(items)))
+    return _root_hash(len(items), _head_iterative([_leaf_hash(x) for x in items]))
+
+
+def _head_iterative(level: list[bytes]) -> bytes:
+    """The RFC 6962 head, bottom-up: pair left to right, carry an odd last node up.
+
+    This builds the same left-complete tree as the recursive split (a test checks it)
+    without a Python call per node: merkle_root runs once per batch on the coordinator.
+    """
+    sha = hashlib.sha256
+    node = _NODE
+    while len(level) > 1:
+        nxt = [sha(node + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
 
 
 def merkle_proof(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:

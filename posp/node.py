@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from .digest import digest_value
 from .encoding import Record, field_any, field_fixed_bytes, record
 from .identity import NodeKey
-from .receipts import BatchCommitment, ExecutionProfile, Receipt, SignedReceipt, sign_batch
+from .receipts import BatchCommitment, ExecutionProfile, Receipt, commit_batch
 
 __all__ = ["Behaviour", "BatchResult", "CheatRate", "Honest", "Job", "NodeCore", "Runner"]
 
@@ -112,10 +112,14 @@ class CheatRate:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What a node returns for a batch: outputs, one signed commitment, per-job receipts."""
+    """What a node returns for a batch: outputs, its receipts, one signed commitment.
+
+    Inclusion proofs are not sent: the coordinator holds the whole batch and checks it by
+    recomputing the Merkle root, building a job's proof only where evidence needs one.
+    """
 
     batch: BatchCommitment
-    receipts: tuple[SignedReceipt, ...]
+    receipts: tuple[Receipt, ...]
     outputs: tuple[Any, ...]
 
 
@@ -156,7 +160,7 @@ class NodeCore:
                 )
             )
             self._seq += 1
-        batch, signed = sign_batch(self.key, receipts, batch_seq=self._batch_seq)
+        batch = commit_batch(self.key, receipts, batch_seq=self._batch_seq)
         self._batch_seq += 1
         self.jobs_run += len(jobs)
-        return BatchResult(batch, tuple(signed), tuple(outputs))
+        return BatchResult(batch, tuple(receipts), tuple(outputs))

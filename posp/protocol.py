@@ -41,7 +41,14 @@ from .compare import Comparator, Verdict, VerdictKind
 from .digest import digest_value
 from .errors import BadSignature, ConfigError, NotEnoughNodes, ProfileMismatch
 from .ledger import Ledger
-from .receipts import BatchCommitment, SignedReceipt, verify_batch, verify_receipt
+from .receipts import (
+    BatchCommitment,
+    Receipt,
+    ReceiptRef,
+    SignedReceipt,
+    verify_receipt,
+    verify_whole_batch,
+)
 from .sampling import EpochSeed, SamplingPolicy, UniformPolicy, decide, rates_to_ppb
 
 __all__ = [
@@ -108,15 +115,24 @@ class Assignment:
 @dataclass(frozen=True)
 class TaskResult:
     """A settled task. ``output`` is set only when the asserter's output was overturned
-    (the caller already holds the asserter's output otherwise)."""
+    (the caller already holds the asserter's output otherwise). ``receipt_ref`` holds
+    the asserter's receipt; :attr:`receipt` builds its portable signed form on demand."""
 
     task: int
     state: State
     asserter: bytes
-    receipt: SignedReceipt | None
+    receipt_ref: ReceiptRef | None
     output: Any = None
     verdicts: tuple[Verdict, ...] = ()
     slashed: tuple[bytes, ...] = ()
+
+    @property
+    def receipt(self) -> SignedReceipt | None:
+        return None if self.receipt_ref is None else self.receipt_ref.signed()
+
+    @property
+    def job_id(self) -> bytes | None:
+        return None if self.receipt_ref is None else self.receipt_ref.receipt.job_id
 
 
 @dataclass
@@ -128,7 +144,7 @@ class _Node:
     outstanding: set[bytes] = field(default_factory=set)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Task:
     id: int
     input_digest: bytes
@@ -136,11 +152,11 @@ class _Task:
     state: State = State.PENDING
     asserter: bytes | None = None
     first_job: bytes | None = None
-    receipt: SignedReceipt | None = None
+    receipt: ReceiptRef | None = None
     output: Any = None
-    # node -> (signed receipt, output) for validators / arbiters that answered
-    validators: dict[bytes, tuple[SignedReceipt, Any]] = field(default_factory=dict)
-    arbiters: dict[bytes, tuple[SignedReceipt, Any]] = field(default_factory=dict)
+    # node -> (receipt, output) for validators / arbiters that answered
+    validators: dict[bytes, tuple[ReceiptRef, Any]] = field(default_factory=dict)
+    arbiters: dict[bytes, tuple[ReceiptRef, Any]] = field(default_factory=dict)
     want_validators: set[bytes] = field(default_factory=set)
     want_arbiters: set[bytes] = field(default_factory=set)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -191,7 +207,7 @@ class Protocol:
         self.nodes: dict[bytes, _Node] = {}
         self._tasks: dict[int, _Task] = {}
         self._jobs: dict[bytes, _Job] = {}
-        self._seen: dict[bytes, SignedReceipt] = {}  # job id -> first receipt (equivocation)
+        self._seen: dict[bytes, ReceiptRef] = {}  # job id -> first receipt (equivocation)
         self._verified_batches: dict[BatchCommitment, bytes] = {}
         self._ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._final: list[TaskResult] = []
@@ -286,87 +302,65 @@ class Protocol:
         self,
         node: bytes,
         batch: BatchCommitment,
-        signed: Sequence[SignedReceipt],
+        receipts: Sequence[Receipt | SignedReceipt],
         outputs: Sequence[Any],
     ) -> list[Assignment]:
         """Take a node's signed batch and outputs; return the follow-up jobs to dispatch.
 
-        The batch commitment was signed before this call, so no decision about these jobs
-        existed when the node committed. Receipts that do not verify, or that name a job
-        this node was not given, are faults: the job is re-issued, nobody is slashed.
+        ``receipts`` is either the whole batch as plain :class:`Receipt` objects (checked
+        with one Merkle root recomputation and one cached signature check) or any subset
+        as :class:`SignedReceipt` objects with their inclusion proofs. The commitment was
+        signed before this call, so no decision about these jobs existed when the node
+        committed. Receipts that do not verify, or that name a job this node was not
+        given, are faults: the job is re-issued, nobody is slashed. Jobs this protocol
+        did not issue (decoys) are ignored.
         """
-        if len(signed) != len(outputs):
-            raise ConfigError("one output per signed receipt", key="outputs")
+        if len(receipts) != len(outputs):
+            raise ConfigError("one output per receipt", key="outputs")
         st = self.nodes.get(node)
         if st is None:
             raise ConfigError(f"unknown node {node[:4].hex()}", key="node")
+        refs: list[ReceiptRef | None] = self._check_receipts(node, st, batch, receipts)
         follow: list[Assignment] = []
-        firsts: list[tuple[int, _Job, bytes, SignedReceipt, Any]] = []
+        firsts: list[tuple[int, _Job, ReceiptRef, Any]] = []
         rates: list[float] = [0.0] * batch.count
-        bad_batch = False
-        try:
-            if batch.node != node:
-                raise BadSignature("batch signed by another node")
-            batch.verify()
-        except BadSignature:
-            bad_batch = True
-        # fast path: the whole batch is here, so recompute its root once instead of
-        # checking one inclusion proof per job
-        whole = False
-        if not bad_batch and len(signed) == batch.count:
-            try:
-                if any(s.index != i or s.batch != batch for i, s in enumerate(signed)):
-                    raise BadSignature("receipts out of order or from another batch")
-                verify_batch(batch, [s.receipt for s in signed],
-                             expected_profile_digest=st.profile,
-                             verified_batches=self._verified_batches)
-                whole = True
-            except (BadSignature, ProfileMismatch):
-                whole = False  # find the bad ones one by one below
-        for s, out in zip(signed, outputs, strict=True):
-            jid = s.receipt.job_id
+        rate_cache: dict[float, float] = {}  # the policy's rate for this node, per importance
+        for idx, (raw, ref, out) in enumerate(zip(receipts, refs, outputs, strict=True)):
+            r = raw.receipt if isinstance(raw, SignedReceipt) else raw
+            jid = r.job_id
             job = self._jobs.get(jid)
             if job is None or job.node != node:
                 # a decoy, a job re-issued elsewhere meanwhile, or a replayed receipt
                 prior = self._seen.get(jid)
-                if prior is not None and prior.receipt.node == node:
-                    self._check_equivocation(prior, s)
+                if ref is not None and prior is not None and prior.receipt.node == node:
+                    self._check_equivocation(prior, ref)
                 self.stats["unmatched_receipts"] += 1
                 continue
-            if whole:
-                ok = s.receipt.input_digest == self._tasks[job.task].input_digest
-            else:
-                ok = not bad_batch and s.batch == batch
-            if ok and not whole:
-                try:
-                    r = verify_receipt(
-                        s,
-                        expected_profile_digest=st.profile,
-                        verified_batches=self._verified_batches,
-                    )
-                    ok = r.input_digest == self._tasks[job.task].input_digest
-                except (BadSignature, ProfileMismatch):
-                    ok = False
+            ok = ref is not None and r.input_digest == self._tasks[job.task].input_digest
             st.outstanding.discard(jid)
             del self._jobs[jid]
-            if not ok:
+            if not ok or ref is None:
                 self.stats["bad_receipts"] += 1
                 self._op("liveness", node, ref=jid.hex(), reason="bad_receipt")
                 self.policy.observe(node, "fault")
                 follow.extend(self._reissue(job))
                 continue
-            self._seen[jid] = s
+            self._seen[jid] = ref
             t = self._tasks[job.task]
             if job.role is Role.FIRST:
-                rates[s.index] = self.policy.rate(node, t.importance)
-                firsts.append((s.index, job, jid, s, out))
+                pos = raw.index if isinstance(raw, SignedReceipt) else idx
+                rate = rate_cache.get(t.importance)
+                if rate is None:
+                    rate = rate_cache[t.importance] = self.policy.rate(node, t.importance)
+                rates[pos] = rate
+                firsts.append((pos, job, ref, out))
             elif job.role is Role.VALIDATE:
-                t.validators[node] = (s, out)
+                t.validators[node] = (ref, out)
                 t.want_validators.discard(node)
                 if not t.want_validators:
                     follow.extend(self._judge_validation(t))
             else:
-                t.arbiters[node] = (s, out)
+                t.arbiters[node] = (ref, out)
                 t.want_arbiters.discard(node)
                 if not t.want_arbiters:
                     follow.extend(self._judge_arbitration(t))
@@ -374,23 +368,57 @@ class Protocol:
             follow.extend(self._sample(node, batch, rates, firsts))
         return follow
 
+    def _check_receipts(
+        self, node: bytes, st: _Node, batch: BatchCommitment,
+        receipts: Sequence[Receipt | SignedReceipt],
+    ) -> list[ReceiptRef | None]:
+        """One ReceiptRef per receipt that verifies (None where one does not)."""
+        try:
+            if batch.node != node:
+                raise BadSignature("batch signed by another node")
+        except BadSignature:
+            return [None] * len(receipts)
+        if receipts and all(type(r) is Receipt for r in receipts):
+            # verify_whole_batch checks the signature once (and caches it)
+            try:
+                rb = verify_whole_batch(
+                    batch, receipts,  # type: ignore[arg-type]
+                    expected_profile_digest=st.profile,
+                    verified_batches=self._verified_batches,
+                )
+            except (BadSignature, ProfileMismatch):
+                return [None] * len(receipts)  # plain receipts stand or fall together
+            return [ReceiptRef(r, batch=rb, index=i) for i, r in enumerate(rb.receipts)]
+        out: list[ReceiptRef | None] = []
+        for s in receipts:
+            if not isinstance(s, SignedReceipt) or s.batch != batch:
+                out.append(None)
+                continue
+            try:
+                verify_receipt(s, expected_profile_digest=st.profile,
+                               verified_batches=self._verified_batches)
+                out.append(ReceiptRef.of(s))
+            except (BadSignature, ProfileMismatch):
+                out.append(None)
+        return out
+
     def _sample(
         self,
         node: bytes,
         batch: BatchCommitment,
         rates: list[float],
-        firsts: list[tuple[int, _Job, bytes, SignedReceipt, Any]],
+        firsts: list[tuple[int, _Job, ReceiptRef, Any]],
     ) -> list[Assignment]:
         ppb = rates_to_ppb(rates)
         picks = decide(self._seed, batch.commitment, ppb=ppb)
-        sampled = [i for i, _job, _jid, _s, _o in firsts if picks[i]]
+        sampled = sorted(i for i, _job, _ref, _o in firsts if picks[i])
         self._op(
             "decision", self.epoch, node, batch.commitment,
             count=batch.count, rates_ppb=ppb, sampled=sampled,
         )
         follow: list[Assignment] = []
         unsampled = 0
-        for i, job, _jid, s, out in firsts:
+        for i, job, s, out in firsts:
             t = self._tasks[job.task]
             t.receipt = s
             if not picks[i]:
@@ -424,7 +452,7 @@ class Protocol:
         t.want_validators = set(chosen)
         return [self._issue(t.id, v, Role.VALIDATE) for v in chosen]
 
-    def _agree(self, a: tuple[SignedReceipt, Any], b: tuple[SignedReceipt, Any]) -> Verdict:
+    def _agree(self, a: tuple[ReceiptRef, Any], b: tuple[ReceiptRef, Any]) -> Verdict:
         ra, rb = a[0].receipt, b[0].receipt
         cmp = self._comparator_for(ra.profile_digest, rb.profile_digest)
         if ra.output_digest == rb.output_digest:
@@ -481,7 +509,7 @@ class Protocol:
             self._finish_unresolved(t, "arbiters reached no majority")
             return []
         majority = arbs[best[1]][1]
-        everyone: list[tuple[bytes, tuple[SignedReceipt, Any], str]] = [
+        everyone: list[tuple[bytes, tuple[ReceiptRef, Any], str]] = [
             (t.asserter, (t.receipt, t.output), "asserter"),
             *((v, r, "validator") for v, r in t.validators.items()),
             *((a, r, "arbiter") for a, r in arbs),
@@ -521,8 +549,8 @@ class Protocol:
     def _evidence(
         self,
         t: _Task,
-        everyone: list[tuple[bytes, tuple[SignedReceipt, Any], str]],
-        majority: tuple[SignedReceipt, Any],
+        everyone: list[tuple[bytes, tuple[ReceiptRef, Any], str]],
+        majority: tuple[ReceiptRef, Any],
         verdicts: dict[bytes, Verdict],
     ) -> list[Any]:
         """Signed receipts of every party and arbiter, with each verdict against the
@@ -530,7 +558,7 @@ class Protocol:
         return [
             "dispute-evidence", 1, t.input_digest, majority[0].receipt.output_digest,
             [
-                [role, n, res[0].to_wire(), verdicts[n].kind.value, verdicts[n].metric,
+                [role, n, res[0].signed().to_wire(), verdicts[n].kind.value, verdicts[n].metric,
                  _finite(verdicts[n].distance), _finite(verdicts[n].tolerance)]
                 for n, res, role in everyone
             ],
@@ -587,19 +615,20 @@ class Protocol:
 
     # ---- equivocation -------------------------------------------------------------------
 
-    def _check_equivocation(self, prior: SignedReceipt, s: SignedReceipt) -> None:
+    def _check_equivocation(self, prior: ReceiptRef, s: ReceiptRef) -> None:
         node = s.receipt.node
         if prior.receipt.output_digest == s.receipt.output_digest:
             return
+        a, b = prior.signed(), s.signed()
         try:
-            verify_receipt(prior, verified_batches=self._verified_batches)
-            verify_receipt(s, verified_batches=self._verified_batches)
+            verify_receipt(a, verified_batches=self._verified_batches)
+            verify_receipt(b, verified_batches=self._verified_batches)
         except (BadSignature, ProfileMismatch):
             return
         if node not in self.nodes:
             return
         self.stats["equivocations"] += 1
-        evidence = ["equivocation", 1, prior.to_wire(), s.to_wire()]
+        evidence = ["equivocation", 1, a.to_wire(), b.to_wire()]
         self._op("dispute", "eq-" + s.receipt.job_id.hex(), evidence)
         self._slash(node, "eq-" + s.receipt.job_id.hex(), digest_value("evidence", evidence), [])
 
@@ -608,7 +637,7 @@ class Protocol:
         a conflicting signed receipt for a known job is slashed as equivocation."""
         prior = self._seen.get(s.receipt.job_id)
         if prior is not None and prior.receipt.node == s.receipt.node:
-            self._check_equivocation(prior, s)
+            self._check_equivocation(prior, ReceiptRef.of(s))
 
     # ---- faults ---------------------------------------------------------------------------
 
@@ -677,6 +706,11 @@ class Protocol:
     @property
     def pending_tasks(self) -> int:
         return len(self._tasks)
+
+    @property
+    def unflushed(self) -> int:
+        """Settlements queued since the last :meth:`flush` (results wait for it)."""
+        return len(self._ops)
 
     def flush(self) -> list[TaskResult]:
         """Commit every queued settlement in one ledger group; return the tasks that are

@@ -40,6 +40,7 @@ from .digest import digest, digest_value
 from .encoding import (
     Record,
     encode,
+    encode_flat,
     field_bool,
     field_digest,
     field_fixed_bytes,
@@ -58,14 +59,18 @@ __all__ = [
     "BatchCommitment",
     "ExecutionProfile",
     "Receipt",
+    "ReceiptBatch",
+    "ReceiptRef",
     "SignedReceipt",
     "capture_profile",
+    "commit_batch",
     "job_id_from_seed",
     "new_job_id",
     "prove_equivocation",
     "sign_batch",
     "verify_batch",
     "verify_receipt",
+    "verify_whole_batch",
 ]
 
 JOB_ID_BYTES = 16
@@ -282,7 +287,7 @@ class Receipt(Record):
         Computed as ``digest("receipt", encode(self))``, which is the same value for a
         record without floats and about twice as fast (one per job).
         """
-        return digest("receipt", encode(self))
+        return digest("receipt", encode_flat(self.to_wire()))
 
 
 def _header_digest(node: bytes, batch_seq: int, count: int, root: bytes) -> bytes:
@@ -388,15 +393,19 @@ class SignedReceipt(Record):
 # ---- signing and verification ---------------------------------------------------------
 
 
-def sign_batch(
-    key: NodeKey, receipts: Sequence[Receipt], *, batch_seq: int
-) -> tuple[BatchCommitment, list[SignedReceipt]]:
-    """Sign ``receipts`` with one Ed25519 signature; give each its inclusion proof.
+def commit_batch(key: NodeKey, receipts: Sequence[Receipt], *, batch_seq: int) -> BatchCommitment:
+    """Sign ``receipts`` with one Ed25519 signature, without building inclusion proofs.
 
-    Every receipt must name ``key``'s public key as its node, and job ids must be unique
-    within the batch (a node that commits twice to one job has equivocated); otherwise
-    :class:`~posp.errors.ConfigError` names the offending receipt.
+    What a node returns with its outputs: the coordinator, holding the whole batch,
+    checks it by recomputing the root (:func:`verify_whole_batch`) and builds a job's
+    proof only when the job needs portable evidence (:meth:`ReceiptBatch.signed`).
     """
+    return _commit(key, receipts, batch_seq)[0]
+
+
+def _commit(
+    key: NodeKey, receipts: Sequence[Receipt], batch_seq: int
+) -> tuple[BatchCommitment, list[bytes]]:
     if not receipts:
         raise ConfigError("cannot sign an empty batch", key="receipts")
     _need_uint(batch_seq, "batch_seq")
@@ -423,6 +432,93 @@ def sign_batch(
     batch = BatchCommitment(
         node=node, batch_seq=batch_seq, count=count, root=root, signature=signature
     )
+    return batch, leaves
+
+
+class ReceiptBatch:
+    """A verified whole batch: its commitment, its receipts, their leaf digests.
+
+    Inclusion proofs are built on first demand, all at once (O(n log n)), so a job that
+    never needs portable evidence costs no proof at all.
+    """
+
+    __slots__ = ("batch", "receipts", "_leaves", "_proofs")
+
+    def __init__(self, batch: BatchCommitment, receipts: Sequence[Receipt],
+                 leaves: Sequence[bytes]) -> None:
+        self.batch = batch
+        self.receipts = tuple(receipts)
+        self._leaves = list(leaves)
+        self._proofs: list[tuple[bytes, ...]] | None = None
+
+    def signed(self, index: int) -> SignedReceipt:
+        if self._proofs is None:
+            self._proofs = [tuple(p) for p in merkle_proofs(self._leaves)]
+        return SignedReceipt(receipt=self.receipts[index], index=index,
+                             proof=self._proofs[index], batch=self.batch)
+
+
+class ReceiptRef:
+    """One job's receipt as the coordinator holds it: the receipt now, its portable
+    :class:`SignedReceipt` (with proof) when asked."""
+
+    __slots__ = ("receipt", "_rb", "_index", "_signed")
+
+    def __init__(self, receipt: Receipt, *, batch: ReceiptBatch | None = None, index: int = 0,
+                 signed: SignedReceipt | None = None) -> None:
+        self.receipt = receipt
+        self._rb = batch
+        self._index = index
+        self._signed = signed
+
+    @classmethod
+    def of(cls, signed: SignedReceipt) -> ReceiptRef:
+        return cls(signed.receipt, signed=signed)
+
+    def signed(self) -> SignedReceipt:
+        if self._signed is None:
+            assert self._rb is not None
+            self._signed = self._rb.signed(self._index)
+        return self._signed
+
+    def __repr__(self) -> str:
+        return f"ReceiptRef(job={self.receipt.job_id.hex()[:12]}, node={self.receipt.node.hex()[:8]})"
+
+
+def verify_whole_batch(
+    batch: BatchCommitment,
+    receipts: Sequence[Receipt],
+    *,
+    expected_profile_digest: bytes | None = None,
+    verified_batches: MutableMapping[BatchCommitment, bytes] | None = None,
+) -> ReceiptBatch:
+    """:func:`verify_batch`, keeping the leaf digests for later proofs."""
+    if len(receipts) != batch.count:
+        raise BadSignature(f"batch signs {batch.count} receipts, got {len(receipts)}")
+    for i, r in enumerate(receipts):
+        if type(r) is not Receipt:
+            raise BadSignature(f"receipts[{i}] is not a Receipt")
+        if r.node != batch.node:
+            raise BadSignature(f"receipts[{i}] names another node than the batch's signer")
+    leaves = [r.digest() for r in receipts]
+    if merkle_root(leaves) != batch.root:
+        raise BadSignature("receipts do not hash to the signed root")
+    _verify_batch_cached(batch, verified_batches)
+    for r in receipts:
+        _check_profile(r, expected_profile_digest)
+    return ReceiptBatch(batch, receipts, leaves)
+
+
+def sign_batch(
+    key: NodeKey, receipts: Sequence[Receipt], *, batch_seq: int
+) -> tuple[BatchCommitment, list[SignedReceipt]]:
+    """Sign ``receipts`` with one Ed25519 signature; give each its inclusion proof.
+
+    Every receipt must name ``key``'s public key as its node, and job ids must be unique
+    within the batch (a node that commits twice to one job has equivocated); otherwise
+    :class:`~posp.errors.ConfigError` names the offending receipt.
+    """
+    batch, leaves = _commit(key, receipts, batch_seq)
     proofs = merkle_proofs(leaves)
     signed = [
         SignedReceipt(receipt=r, index=i, proof=tuple(p), batch=batch)

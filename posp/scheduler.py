@@ -33,6 +33,7 @@ class Batch:
     node: bytes
     jobs: tuple[Job, ...]
     decoys: frozenset[bytes]
+    firsts: int = 0  # how many are first executions (the coordinator's bookkeeping)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class Scheduler:
         if not jobs:
             return None
         self.log.append((n_follow, n_first, len(decoys)))
-        return Batch(node, tuple(jobs), frozenset(decoys))
+        return Batch(node, tuple(jobs), frozenset(decoys), n_first)
 
     def forget(self, task: int) -> None:
         self.inputs.pop(task, None)
@@ -205,8 +206,8 @@ class LocalDriver:
                     self.scheduler.add_follow_ups(self.protocol.on_node_failure(node_id))
                     continue
                 res: BatchResult = self.nodes[node_id].run_batch(batch.jobs)
-                for s, out in zip(res.receipts, res.outputs, strict=True):
-                    jid = s.receipt.job_id
+                for rcpt, out in zip(res.receipts, res.outputs, strict=True):
+                    jid = rcpt.job_id
                     info = self.protocol.job(jid)
                     if info is not None and info[2] is Role.FIRST:
                         first_out[jid] = out
@@ -219,8 +220,8 @@ class LocalDriver:
                 self.scheduler.add_follow_ups(self.protocol.take_reissued())
                 for r in self.protocol.flush():
                     out = r.output
-                    if r.state is not State.OVERTURNED and r.receipt is not None:
-                        out = first_out.pop(r.receipt.receipt.job_id, None)
+                    if r.state is not State.OVERTURNED and r.job_id is not None:
+                        out = first_out.pop(r.job_id, None)
                     outputs[r.task] = out
                     done[r.task] = Outcome(r.task, out, r.state, r)
                     self.scheduler.forget(r.task)

@@ -80,6 +80,10 @@ class _NodeServer:
     def run_batch(self, jobs: Sequence[Job]) -> BatchResult:
         return self.core.run_batch(jobs)
 
+    def run_jobs(self, job_ids: Sequence[bytes], inputs: Sequence[Any]) -> BatchResult:
+        """``run_batch`` with the jobs' two fields sent as two lists (cheaper to ship)."""
+        return self.core.run_batch([Job(i, x) for i, x in zip(job_ids, inputs, strict=True)])
+
     def ping(self) -> bool:
         return True
 

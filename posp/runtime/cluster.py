@@ -29,7 +29,7 @@ from ..errors import ClusterError, ConfigError, NotEnoughNodes
 from ..ledger import Ledger
 from ..node import BatchResult, Behaviour, Runner
 from ..protocol import Protocol, ProtocolParams, Role, State, TaskResult
-from ..receipts import SignedReceipt
+from ..receipts import ReceiptRef, SignedReceipt
 from ..sampling import EpochSeed, SamplingPolicy, UniformPolicy
 from ..scheduler import Batch, Scheduler
 from .actor import NodeActor, NodeSpec
@@ -43,14 +43,20 @@ class Result:
 
     ``state`` is one of :class:`~posp.protocol.State`: ``AGREED`` (checked and agreed),
     ``NOT_SAMPLED``, ``UPHELD`` (disputed and upheld), ``OVERTURNED`` (the asserter lost
-    arbitration; ``output`` is the output that won), ``UNRESOLVED``.
+    arbitration; ``output`` is the output that won), ``UNRESOLVED``. ``receipt`` is the
+    portable :class:`~posp.receipts.SignedReceipt` (receipt, Merkle proof, signed batch),
+    built on first access.
     """
 
     task: int
     output: Any
-    receipt: SignedReceipt | None
+    receipt_ref: ReceiptRef | None
     state: State
     asserter: bytes
+
+    @property
+    def receipt(self) -> SignedReceipt | None:
+        return None if self.receipt_ref is None else self.receipt_ref.signed()
 
     @property
     def checked(self) -> bool:
@@ -102,6 +108,7 @@ class Cluster:
         batch_size: int = 64,
         in_flight: int = 2,
         timeout_s: float = 120.0,
+        flush_interval: float = 0.05,
         threads: int = 1,
         seed: int | None = None,
         num_cpus: int | None = None,
@@ -128,6 +135,7 @@ class Cluster:
         self.batch_size = batch_size
         self.in_flight = in_flight
         self.timeout_s = timeout_s
+        self.flush_interval = flush_interval
         self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
         self._started_ray = False
         self._closed = False
@@ -301,6 +309,7 @@ class Cluster:
         flight: dict[Any, tuple[NodeInfo, Batch, float]] = {}
         per_node: dict[bytes, int] = dict.fromkeys(self.nodes, 0)
         total = len(values)
+        last_flush = time.monotonic()
         while len(done) < total:
             t_cpu = time.process_time()
             self._fill(flight, per_node, first_out)
@@ -313,6 +322,8 @@ class Cluster:
                     f"{total - len(done)} task(s) cannot progress: no batch can be dispatched"
                 )
             ready, _ = ray.wait(list(flight), num_returns=1, timeout=min(self.timeout_s, 5.0))
+            if ready and len(flight) > 1:  # take every other batch that is done too
+                ready, _ = ray.wait(list(flight), num_returns=len(flight), timeout=0)
             t_cpu = time.process_time()
             if not ready:
                 self._check_timeouts(flight, per_node)
@@ -325,8 +336,17 @@ class Cluster:
                     self._fail(info, "crash", exc)
                     continue
                 self._take(info, batch, res, first_out)
-            for r in self.protocol.flush():
-                self._settled(r, first_out, done)
+            # group commit: one fsync per flush_interval rather than per batch, and at
+            # once when nothing else is running or the last results wait for it
+            now = time.monotonic()
+            busy = sum(per_node.values())
+            if self.protocol.unflushed and (
+                not busy or now - last_flush >= self.flush_interval
+                or not self.scheduler.has_work()
+            ):
+                last_flush = now
+                for r in self.protocol.flush():
+                    self._settled(r, first_out, done)
                 if progress is not None:
                     progress(len(done), total)
             self.coordinator_cpu_s += time.process_time() - t_cpu
@@ -346,13 +366,15 @@ class Cluster:
                 batch = self.scheduler.next_batch(info.public, force=force)
                 if batch is None:
                     break
-                for j in batch.jobs:
-                    job = self.protocol.job(j.job_id)
-                    if job is not None and job[2] is Role.FIRST:
-                        info.asserted += 1
-                        self._ordinal[j.job_id] = info.asserted
+                if batch.firsts:
+                    for j in batch.jobs:
+                        job = self.protocol.job(j.job_id)
+                        if job is not None and job[2] is Role.FIRST:
+                            info.asserted += 1
+                            self._ordinal[j.job_id] = info.asserted
                 self.jobs_dispatched += len(batch.jobs)
-                ref = info.actor.run_batch.remote(batch.jobs)
+                ref = info.actor.run_jobs.remote([j.job_id for j in batch.jobs],
+                                                 [j.input for j in batch.jobs])
                 flight[ref] = (info, batch, time.monotonic())
                 per_node[info.public] += 1
 
@@ -362,10 +384,10 @@ class Cluster:
         # batch is then checked with one Merkle root recomputation
         signed = list(res.receipts)
         outputs = list(res.outputs)
-        for s, out in zip(signed, outputs, strict=True):
-            job = self.protocol.job(s.receipt.job_id)
+        for rcpt, out in zip(signed, outputs, strict=True):
+            job = self.protocol.job(rcpt.job_id)
             if job is not None and job[2] is Role.FIRST:
-                first_out[s.receipt.job_id] = out
+                first_out[rcpt.job_id] = out
         follow = self.protocol.on_batch(info.public, res.batch, signed, outputs)
         self.scheduler.add_follow_ups(follow)
         self.scheduler.add_follow_ups(self.protocol.take_reissued())
@@ -373,11 +395,11 @@ class Cluster:
     def _settled(self, r: TaskResult, first_out: dict[bytes, Any],
                  done: dict[int, Result]) -> None:
         out = r.output
-        if r.receipt is not None:
-            held = first_out.pop(r.receipt.receipt.job_id, None)
+        if r.job_id is not None:
+            held = first_out.pop(r.job_id, None)
             if r.state is not State.OVERTURNED:
                 out = held
-        first_id = r.receipt.receipt.job_id if r.receipt is not None else None
+        first_id = r.job_id
         ordinal = self._ordinal.pop(first_id, None) if first_id is not None else None
         for n in r.slashed:
             info = self.nodes.get(n)
@@ -385,7 +407,7 @@ class Cluster:
                 # caught on its own job: that job's place in its sequence of first jobs;
                 # caught as a validator or arbiter: the first jobs it had received by then
                 info.slashed_after = ordinal if n == r.asserter and ordinal else info.asserted
-        done[r.task] = Result(r.task, out, r.receipt, r.state, r.asserter)
+        done[r.task] = Result(r.task, out, r.receipt_ref, r.state, r.asserter)
         self.scheduler.forget(r.task)
 
     def _fail(self, info: NodeInfo, reason: str, exc: BaseException | None = None) -> None:

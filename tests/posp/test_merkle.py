@@ -168,3 +168,11 @@ def test_single_leaf_tree() -> None:
     assert verify_inclusion(leaf, 0, 1, (), root) == leaf
     with pytest.raises(BadSignature):
         verify_inclusion(leaf, 0, 1, (leaf,), root)
+
+
+def test_iterative_head_equals_the_recursive_rfc6962_split():
+    from posp import merkle
+
+    for n in range(1, 130):
+        leaves = [merkle._leaf_hash(bytes([i % 256]) * 32) for i in range(n)]
+        assert merkle._head_iterative(list(leaves)) == merkle._head(leaves, 0, n)
