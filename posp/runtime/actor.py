@@ -87,5 +87,9 @@ class _NodeServer:
     def ping(self) -> bool:
         return True
 
+    def where(self) -> str:
+        """The Ray node this actor runs on."""
+        return str(ray.get_runtime_context().get_node_id())
+
 
 NodeActor: Any = ray.remote(_NodeServer)
