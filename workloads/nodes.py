@@ -39,6 +39,24 @@ class WorkloadFactory:
 
         return run
 
+    def comparator(self) -> Any:
+        """The comparator the Cluster uses by default: the shipped calibration's
+        per-profile-pair tolerances, falling back to the workload's default."""
+        from .calibration import builtin_calibration
+
+        w = get(self.name)
+        try:
+            return builtin_calibration(self.name, workload=w).comparator_for
+        except Exception:  # no shipped calibration: the conservative default
+            return w.comparator
+
+    def check_profile(self, profile: Any) -> None:
+        """Raise UnsupportedProfile for a node profile this workload cannot serve
+        (called by the Cluster at registration)."""
+        from .calibration import check_profile
+
+        check_profile(get(self.name), profile)
+
     def __repr__(self) -> str:
         return f"WorkloadFactory({self.name!r}, threads={self.threads}, batched={self.batched})"
 

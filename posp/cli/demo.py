@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
             specs.append(NodeSpec(WorkloadFactory(WORKLOAD), behaviour=beh, role="cheater"))
         else:
             # honest nodes differ in batching, so drift is real and must be tolerated
-            specs.append(NodeSpec(WorkloadFactory(WORKLOAD, batched=i % 2 == 0),
-                                  batched=True, role="honest"))
+            specs.append(NodeSpec(WorkloadFactory(WORKLOAD), batched=i % 2 == 0,
+                                  role="honest"))
     workload = get(WORKLOAD)
     params = ProtocolParams(reward=10, validator_reward=10, slash=6000, bond=10_000)
     inputs = workload.inputs(args.seed, args.tasks)
@@ -103,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
         nodes=specs,
         sample_rate=args.sample_rate,
         params=params,
-        comparator=workload.comparator,
         ledger=args.ledger,
         address=args.address,
         batch_size=args.batch_size,

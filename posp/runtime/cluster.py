@@ -152,9 +152,15 @@ class Cluster:
         try:
             self.ledger = Ledger(self.ledger_path)
             self.nodes = self._start_nodes(specs)
+            for n in self.nodes.values():
+                # a factory that knows its workload refuses a profile it cannot serve
+                # (posp.errors.UnsupportedProfile), before the node is bonded
+                check = getattr(n.spec.factory, "check_profile", None)
+                if check is not None:
+                    check(n.profile)
             self.protocol = Protocol(
                 ledger=self.ledger,
-                comparator=comparator or RelativeL2(1e-4),
+                comparator=comparator or _default_comparator(specs),
                 policy=policy or UniformPolicy(sample_rate),
                 params=params or ProtocolParams(),
                 rng=random.Random(self._rng.getrandbits(64)),
@@ -441,6 +447,15 @@ class Cluster:
     def check_live(self) -> None:
         if self.live_nodes() < 2:
             raise NotEnoughNodes("fewer than two live nodes")
+
+
+def _default_comparator(specs: list[NodeSpec]) -> Any:
+    """The workload's own comparator when its factory offers one (``factory.comparator()``,
+    e.g. a calibration's per-profile-pair tolerances), else relative L2 at 1e-4."""
+    offer = getattr(specs[0].factory, "comparator", None) if specs else None
+    if callable(offer):
+        return offer()
+    return RelativeL2(1e-4)
 
 
 def _unrevealed_epochs(ledger: Ledger) -> list[tuple[int, bytes]]:
