@@ -281,6 +281,11 @@ class Receipt(Record):
             self.output_digest, self.profile_digest, self.seq,
         ]
 
+    def __repr__(self) -> str:
+        return (f"Receipt(job={self.job_id.hex()}, node={self.node.hex()[:16]}…, "
+                f"input={self.input_digest.hex()[:16]}…, output={self.output_digest.hex()[:16]}…, "
+                f"profile={self.profile_digest.hex()[:16]}…, seq={self.seq})")
+
     def digest(self) -> bytes:
         """The receipt's Merkle leaf: ``digest_value("receipt", self)``.
 
