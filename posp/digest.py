@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoding import NDArray, array_bytes, array_header, encoded_parts
+from .encoding import NDArray, array_bytes, array_header, encode, encoded_parts
 from .errors import ConfigError
 
 __all__ = ["DIGEST_SIZE", "digest", "digest_array", "digest_value"]
@@ -142,6 +142,10 @@ def digest_value(domain: str, value: Any) -> bytes:
             h.update(array_header(name, value.shape, value.nbytes))
             h.update(memoryview(value))  # type: ignore[arg-type]  # hashed in place
             return h.digest()
+    if type(value) in (int, bytes, str):  # no float inside: plain canonical bytes
+        h = _hasher(domain)
+        h.update(encode(value))
+        return h.digest()
     if type(value) is np.ndarray and value.nbytes <= _CHUNK:
         # the common case (a job's input or output): one header, one update
         dtype_name, shape, data = array_bytes(value)

@@ -170,6 +170,7 @@ class _Job:
 
 
 ComparatorFor = Callable[[bytes, bytes], Comparator]
+_JOB_STAT = {r: f"jobs_{r.value}" for r in Role}
 
 
 class Protocol:
@@ -284,7 +285,7 @@ class Protocol:
 
     def _issue(self, task: int, node: bytes, role: Role) -> Assignment:
         jid = self._new_id()
-        self.stats[f"jobs_{role.value}"] += 1
+        self.stats[_JOB_STAT[role]] += 1
         self._jobs[jid] = _Job(task, node, role)
         self.nodes[node].outstanding.add(jid)
         return Assignment(jid, node, task, role)

@@ -84,31 +84,50 @@ class SimBehaviour:
                 ) -> list[Any]:
         sl = self.slot
         st = sl.strategy
-        view = NodeView(np.array([sl.jobs]), np.array([self.stake()]), np.array([sl.unsampled_run]),
-                        np.array([sl.slashes]))
-        rate = float(st.skip_rate(view)[0]) if sl.cheater else 0.0
-        self.log.clear()
-        out: list[Any] = []
+        log = self.log
+        log.clear()
+        n = len(jobs)
+        rate = 0.0
+        if sl.cheater:
+            view = NodeView(np.array([sl.jobs]), np.array([self.stake()]),
+                            np.array([sl.unsampled_run]), np.array([sl.slashes]))
+            rate = float(st.skip_rate(view)[0])
+        if not sl.ring:
+            # the common case: one draw per job, honest jobs computed in one call
+            if not rate:
+                log.extend([(False, True)] * n)
+                return compute([j.input for j in jobs])
+            skip = (self.rng.random(n) < rate).tolist()
+            out: list[Any] = [None] * n
+            honest = [i for i in range(n) if not skip[i]]
+            if honest:
+                for i, o in zip(honest, compute([jobs[i].input for i in honest]), strict=True):
+                    out[i] = o
+            acc = st.guess_accuracy
+            for i in range(n):
+                if skip[i]:
+                    x = jobs[i].input
+                    out[i] = honest_output(x) if acc and self.rng.random() < acc else \
+                        int(self.rng.integers(1 << 40, 1 << 62))
+                    log.append((True, False))
+                else:
+                    log.append((False, True))
+            return out
+        out = []
         for j in jobs:
             key = j.input
-            if sl.ring and key in self.ring_channel:
+            if key in self.ring_channel:
                 out.append(self.ring_channel[key])
-                self.log.append((False, False))
+                log.append((False, False))
                 continue
             if rate and self.rng.random() < rate:
                 right = st.guess_accuracy and self.rng.random() < st.guess_accuracy
-                if right:
-                    o = honest_output(j.input)
-                elif sl.ring:
-                    o = ring_output(j.input)
-                else:
-                    o = int(self.rng.integers(1 << 40, 1 << 62))
-                self.log.append((True, False))
+                o = honest_output(j.input) if right else ring_output(j.input)
+                log.append((True, False))
             else:
                 o = compute([j.input])[0]
-                self.log.append((False, True))
-            if sl.ring:
-                self.ring_channel[key] = o
+                log.append((False, True))
+            self.ring_channel[key] = o
             out.append(o)
         return out
 

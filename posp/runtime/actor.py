@@ -22,9 +22,10 @@ __all__ = ["NodeActor", "NodeSpec", "set_threads"]
 
 def set_threads(threads: int) -> bool:
     """Set torch's intra-op threads when torch is importable; report determinism flag."""
-    try:
-        import torch
-    except ImportError:  # a numpy-only workload
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:  # a numpy-only workload: never pay torch's import (seconds)
         return False
     torch.set_num_threads(threads)
     return bool(torch.are_deterministic_algorithms_enabled())
@@ -64,8 +65,8 @@ class _NodeServer:
     """The plain class that the actor wraps (testable without Ray)."""
 
     def __init__(self, spec: NodeSpec) -> None:
+        runner = spec.factory()  # builds the model once; may import torch
         deterministic = set_threads(spec.threads)
-        runner = spec.factory()
         if not spec.batched:
             runner = _per_job(runner)
         key = NodeKey.from_seed(spec.key_seed) if spec.key_seed else NodeKey.generate()

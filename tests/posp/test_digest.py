@@ -202,3 +202,11 @@ def test_known_answer_digests() -> None:
     assert digest_array(arr).hex() == (
         "dc94ad67bbf9e30db35b563c8b48057d502d7168df388f8b14a0d140950b9e73"
     )
+
+
+@given(st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.binary(max_size=300),
+                 st.text(max_size=50)))
+def test_scalar_fast_path_equals_the_canonical_encoding(value):
+    from posp.encoding import encode
+
+    assert digest_value("t", value) == digest("t", encode(value))

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from posp.errors import ConfigError
 from sim.run import simulate
 from sim.scenario import Scenario, load_scenario
 
@@ -99,7 +98,3 @@ def test_lone_cheater_population_composition_is_respected():
     rep = simulate(Scenario(nodes=100, cheaters=0, runs=2, tasks_per_node=50))
     assert np.all(rep.observations.first_catch == 0)
 
-
-def test_ray_engine_says_not_available():
-    with pytest.raises(ConfigError, match="not available yet"):
-        simulate(Scenario(engine="ray", nodes=4, cheaters=1, runs=1, tasks_per_node=10))
