@@ -29,6 +29,7 @@ equivocation and are slashed without re-execution.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import os
 import random
@@ -171,6 +172,8 @@ class _Job:
 
 ComparatorFor = Callable[[bytes, bytes], Comparator]
 _JOB_STAT = {r: f"jobs_{r.value}" for r in Role}
+_SEEN_WINDOW = 200_000  # receipts remembered for the equivocation check
+_BATCH_WINDOW = 20_000  # batch signatures remembered as verified
 
 
 class Protocol:
@@ -337,7 +340,14 @@ class Protocol:
                     self._check_equivocation(prior, ref)
                 self.stats["unmatched_receipts"] += 1
                 continue
-            ok = ref is not None and r.input_digest == self._tasks[job.task].input_digest
+            # the receipt must bind this job's input, and the output sent must be the
+            # output signed: everything below (comparison, evidence, the user's result)
+            # then rests on signed bytes
+            ok = (
+                ref is not None
+                and r.input_digest == self._tasks[job.task].input_digest
+                and digest_value("output", out) == r.output_digest
+            )
             st.outstanding.discard(jid)
             del self._jobs[jid]
             if not ok or ref is None:
@@ -432,7 +442,7 @@ class Protocol:
             self.stats["sampled"] += 1
             t.output = out
             follow.extend(self._start_validation(t))
-        if unsampled:
+        if unsampled and self.params.reward:
             self.nodes[node].stake += self.params.reward * unsampled
             self._op("reward", node, self.params.reward * unsampled, ref=batch.commitment.hex())
         return follow
@@ -570,8 +580,9 @@ class Protocol:
         amount = min(self.params.slash, st.stake)
         st.stake -= amount
         self.stats["slashes"] += 1
-        self._op("slash", node, self.params.slash, ref=ref, evidence=evidence,
-                 challengers=challengers)
+        if self.params.slash:
+            self._op("slash", node, self.params.slash, ref=ref, evidence=evidence,
+                     challengers=challengers)
         self.policy.observe(node, "slashed")
         if self.ledger is not None and st.stake < self.ledger.min_bond:
             st.ejected = True
@@ -606,12 +617,15 @@ class Protocol:
         ref = t.first_job.hex() if t.first_job else str(t.id)
         self.stats["unresolved"] += 1
         self._op("dispute", ref, ["unresolved", why])
-        # nobody was proven wrong: everyone who did the work is paid
-        self._pay(t.asserter, self.params.reward, ref)
-        for v in t.validators:
-            self._pay(v, self.params.validator_reward, ref)
-        for a in t.arbiters:
-            self._pay(a, self.params.validator_reward, ref)
+        if t.validators:
+            # a dispute nobody could settle: the disputed job pays nobody (no slash either),
+            # so a cheater gains nothing from a cluster too small to arbitrate; arbiters
+            # who did answer are paid for their work
+            for a in t.arbiters:
+                self._pay(a, self.params.validator_reward, ref)
+        else:
+            # sampled, but no other node could re-execute it: nothing was disputed
+            self._pay(t.asserter, self.params.reward, ref)
         self._finish(t, State.UNRESOLVED)
 
     # ---- equivocation -------------------------------------------------------------------
@@ -654,6 +668,26 @@ class Protocol:
                  reason=reason)
         self.policy.observe(node, "fault")
         return self._abandon(node)
+
+    def on_batch_error(self, node: bytes, job_ids: Iterable[bytes], *,
+                       reason: str = "error") -> list[Assignment]:
+        """A node's batch raised (the node itself is alive): record it as a liveness
+        event, never a slash, and re-issue the batch's jobs elsewhere with fresh ids."""
+        st = self.nodes.get(node)
+        if st is None:
+            return []
+        self.stats["batch_errors"] += 1
+        self._op("liveness", node, ref=f"err-{node.hex()[:16]}-{self.stats['batch_errors']}",
+                 reason=reason)
+        out: list[Assignment] = []
+        for jid in job_ids:
+            job = self._jobs.get(jid)
+            if job is None or job.node != node:
+                continue
+            del self._jobs[jid]
+            st.outstanding.discard(jid)
+            out.extend(self._reissue(job))
+        return out
 
     def _abandon(self, node: bytes) -> list[Assignment]:
         st = self.nodes[node]
@@ -716,13 +750,25 @@ class Protocol:
     def flush(self) -> list[TaskResult]:
         """Commit every queued settlement in one ledger group; return the tasks that are
         final now. Only after this returns may a result be reported as verified."""
-        ops, self._ops = self._ops, []
-        final, self._final = self._final, []
+        ops, final = self._ops, self._final
         if self.ledger is not None and ops:
-            with self.ledger.group() as g:
+            with self.ledger.group() as g:  # one transaction: all of it lands, or none
                 for name, args, kwargs in ops:
                     getattr(g, name)(*args, **kwargs)
+        # cleared only once committed: a failed group leaves everything queued
+        self._ops, self._final = [], []
+        for r in final:
+            self._prune(r)
         return final
+
+    def _prune(self, r: TaskResult) -> None:
+        """Forget what a settled task needed; keep a bounded window of receipts for the
+        equivocation check, and of verified batch signatures."""
+        if len(self._seen) > _SEEN_WINDOW:
+            for jid in list(itertools.islice(self._seen, len(self._seen) - _SEEN_WINDOW)):
+                del self._seen[jid]
+        if len(self._verified_batches) > _BATCH_WINDOW:
+            self._verified_batches.clear()
 
 
 def _finite(x: float) -> float:

@@ -71,7 +71,7 @@ class Scheduler:
         self._fresh: deque[int] = deque()  # tasks waiting for a first execution
         self._follow: dict[bytes, deque[Assignment]] = {}
         self.inputs: dict[int, Any] = {}
-        self._recent: deque[Any] = deque(maxlen=256)
+        self._recent: deque[tuple[bytes, Any]] = deque(maxlen=256)  # (first node, input)
         self.decoys_sent = 0
         self.reserve = 2 * batch_size
         # (re-executions, first executions, decoys) of recent batches, for inspection
@@ -92,7 +92,15 @@ class Scheduler:
         return bool(self._fresh)
 
     def has_work(self) -> bool:
-        return bool(self._fresh) or any(self._follow.values())
+        """New tasks, or re-executions queued for a node that can still take them."""
+        if self._fresh:
+            return True
+        for node, q in list(self._follow.items()):
+            if q and not self.protocol.is_active(node):
+                q.clear()  # its jobs were re-issued elsewhere when it failed or was ejected
+            if q:
+                return True
+        return False
 
     def follow_ups_for(self, node: bytes) -> int:
         q = self._follow.get(node)
@@ -127,7 +135,7 @@ class Scheduler:
             tid = self._fresh.popleft()
             a = self.protocol.first_job(tid, node)
             jobs.append(Job(a.job_id, self.inputs[tid]))
-            self._recent.append(self.inputs[tid])
+            self._recent.append((node, self.inputs[tid]))
             n_first += 1
         decoys: set[bytes] = set()
         if n_follow and not n_first:
@@ -135,7 +143,10 @@ class Scheduler:
             # a small batch like the last partial batch of any run: as many decoys as
             # real jobs (at least 4 jobs in all), so batch size says nothing of the role
             want = min(self.batch_size, max(n_follow * 2, 4)) - len(jobs)
-            pool = list(self._recent) or [self.inputs[a] for a in list(self.inputs)[-8:]]
+            # never an input this node ran itself: seeing one again would mark the batch
+            pool = [x for n, x in self._recent if n != node]
+            if not pool:
+                pool = [x for _n, x in self._recent] or [j.input for j in jobs]
             for _ in range(max(0, want)):
                 jid = self._new_id()
                 decoys.add(jid)
@@ -226,14 +237,19 @@ class LocalDriver:
                     done[r.task] = Outcome(r.task, out, r.state, r)
                     self.scheduler.forget(r.task)
             if not progressed:
-                if self.protocol.pending_tasks and not self.scheduler.has_work():
-                    raise RuntimeError("protocol has pending tasks but nothing to dispatch")
                 if not self.scheduler.has_work():
+                    if self.protocol.pending_tasks:
+                        raise RuntimeError("protocol has pending tasks but nothing to dispatch")
                     break
                 self.protocol.require_verifiable()
+                if force:
+                    raise RuntimeError("no node can take the remaining work")
                 force = True
             else:
                 force = False
         for r in self.protocol.flush():
-            done[r.task] = Outcome(r.task, r.output, r.state, r)
+            out = r.output
+            if r.state is not State.OVERTURNED and r.job_id is not None:
+                out = first_out.pop(r.job_id, None)
+            done[r.task] = Outcome(r.task, out, r.state, r)
         return [done[t] for t in tids]

@@ -120,10 +120,11 @@ def run(args: argparse.Namespace) -> int:
         jobs_run = cluster.jobs_dispatched
         decoys = cluster.scheduler.decoys_sent
         node_rows = []
+        slashed_in_ledger = {ev["node"] for ev in cluster.ledger.events() if ev.kind == "slash"}
         for i, (pub, info) in enumerate(cluster.nodes.items()):
             after = cluster.ledger.balance(pub)
             acct = cluster.ledger.account(pub)
-            slashed = info.slashed_after is not None
+            slashed = pub in slashed_in_ledger
             node_rows.append({
                 "id": info.id,
                 "role": info.spec.role,
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "disputes": int(stats.get("disputes", 0)),
         "cheaters": args.cheaters,
         "cheaters_slashed": sum(1 for n in node_rows if n["role"] == "cheater" and n["slashed"]),
+        # from the ledger itself, whatever the reason of the slash
         "honest_slashed": sum(1 for n in node_rows if n["role"] == "honest" and n["slashed"]),
         "ledger": str(args.ledger),
         "ledger_head": head_hash,

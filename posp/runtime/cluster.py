@@ -15,6 +15,7 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,7 @@ class Cluster:
         self,
         workload: Callable[[], Runner] | None = None,
         *,
-        nodes: int | Sequence[NodeSpec] = 4,
+        nodes: int | Sequence[NodeSpec] = 5,
         sample_rate: float = 0.1,
         policy: SamplingPolicy | None = None,
         params: ProtocolParams | None = None,
@@ -142,6 +143,9 @@ class Cluster:
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self.coordinator_cpu_s = 0.0
         self._ordinal: dict[bytes, int] = {}
+        self._last_done: dict[bytes, float] = {}
+        self._task_errors: dict[int, set[bytes]] = {}
+        self._warned_small = False
         self.jobs_dispatched = 0
         if ledger is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="posp-")
@@ -304,6 +308,7 @@ class Cluster:
         if importance is not None and len(importance) != len(values):
             raise ConfigError("one importance per input", key="importance")
         self.protocol.require_verifiable()
+        self._warn_if_small()
         t_cpu = time.process_time()
         tids = [
             self.scheduler.add_task(v, importance=1.0 if importance is None else importance[i])
@@ -331,14 +336,21 @@ class Cluster:
             if ready and len(flight) > 1:  # take every other batch that is done too
                 ready, _ = ray.wait(list(flight), num_returns=len(flight), timeout=0)
             t_cpu = time.process_time()
-            if not ready:
-                self._check_timeouts(flight, per_node)
+            self._check_timeouts(flight, per_node)
             for ref in ready:
+                if ref not in flight:  # timed out meanwhile
+                    continue
                 info, batch, _t0 = flight.pop(ref)
                 per_node[info.public] -= 1
+                self._last_done[info.public] = time.monotonic()
                 try:
                     res: BatchResult = ray.get(ref)
-                except (RayActorError, RayTaskError, RayError) as exc:
+                except RayTaskError as exc:
+                    # the node is alive but its batch raised: re-issue the jobs elsewhere;
+                    # a task that fails on two nodes is the workload's error, not theirs
+                    self._batch_error(info, batch, exc)
+                    continue
+                except (RayActorError, RayError) as exc:
                     self._fail(info, "crash", exc)
                     continue
                 self._take(info, batch, res, first_out)
@@ -416,6 +428,36 @@ class Cluster:
         done[r.task] = Result(r.task, out, r.receipt_ref, r.state, r.asserter)
         self.scheduler.forget(r.task)
 
+    def _warn_if_small(self) -> None:
+        need = 1 + self.protocol.params.validators + self.protocol.params.arbiters
+        live = len(self.protocol.live_nodes())
+        if live < need and not self._warned_small:
+            self._warned_small = True
+            warnings.warn(
+                f"{live} live nodes: a dispute needs {need} (asserter, "
+                f"{self.protocol.params.validators} validator(s), "
+                f"{self.protocol.params.arbiters} arbiters); disputes will stay unresolved "
+                "and nobody can be slashed",
+                RuntimeWarning, stacklevel=3,
+            )
+
+    def _batch_error(self, info: NodeInfo, batch: Batch, exc: BaseException) -> None:
+        for j in batch.jobs:
+            job = self.protocol.job(j.job_id)
+            if job is None:
+                continue
+            failed = self._task_errors.setdefault(job[0], set())
+            failed.add(info.public)
+            if len(failed) >= 2:
+                cause = getattr(exc, "cause", None) or exc
+                raise ClusterError(
+                    f"the workload raised on task {job[0]} on {len(failed)} different nodes: "
+                    f"{type(cause).__name__}: {cause}"
+                ) from exc
+        self.scheduler.add_follow_ups(
+            self.protocol.on_batch_error(info.public, [j.job_id for j in batch.jobs])
+        )
+
     def _fail(self, info: NodeInfo, reason: str, exc: BaseException | None = None) -> None:
         if not info.alive:
             return
@@ -428,7 +470,10 @@ class Cluster:
                         per_node: dict[bytes, int]) -> None:
         now = time.monotonic()
         for ref, (info, _b, t0) in list(flight.items()):
-            if now - t0 > self.timeout_s:
+            # a batch queued behind another on the same node starts its clock when the
+            # node finished the one before, not when it was sent
+            started = max(t0, self._last_done.get(info.public, t0))
+            if now - started > self.timeout_s:
                 flight.pop(ref)
                 per_node[info.public] -= 1
                 self._fail(info, "timeout")

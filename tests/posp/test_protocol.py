@@ -164,3 +164,55 @@ def test_crash_is_liveness_not_slash(tmp_path):
     kinds = [ev.kind for ev in proto.ledger.events()]
     assert "liveness" in kinds and "slash" not in kinds
     assert proto.ledger.verify().ok
+
+
+def test_unresolved_disputes_pay_the_cheater_nothing(tmp_path):
+    # 4 nodes: a dispute's 2 parties leave only 2 of the 3 arbiters it needs
+    nodes = make_nodes(4, cheaters={0})
+    proto = make_protocol(tmp_path, p=1.0)
+    drv = LocalDriver(nodes, proto, batch_size=8, rng=random.Random(1))
+    outs = drv.run(inputs(64))
+    assert proto.stats["unresolved"] > 0 and proto.stats["slashes"] == 0
+    assert any(o.state is State.UNRESOLVED for o in outs)
+    balances = {n.public: proto.ledger.balance(n.public) for n in nodes}
+    cheater = nodes[0].public
+    assert balances[cheater] == ProtocolParams().bond  # not a unit of reward
+    assert all(balances[n.public] > balances[cheater] for n in nodes[1:])
+
+
+def test_ejections_never_stall_the_driver(tmp_path):
+    for seed in range(4):
+        (tmp_path / str(seed)).mkdir()
+        nodes = make_nodes(7, cheaters={0, 1}, seed=seed)
+        proto = make_protocol(tmp_path / str(seed), p=0.5, seed=seed,
+                              params=ProtocolParams(slash=10_000, bond=10_000))
+        drv = LocalDriver(nodes, proto, batch_size=8, rng=random.Random(seed))
+        outs = drv.run(inputs(150, seed=seed))
+        assert len(outs) == 150 and all(o.output is not None for o in outs)
+        assert proto.nodes[nodes[0].public].ejected
+
+
+def test_zero_rewards_and_slashes_settle(tmp_path):
+    nodes = make_nodes(6, cheaters={0})
+    proto = make_protocol(tmp_path, p=1.0, params=ProtocolParams(reward=0, validator_reward=0,
+                                                                 slash=0))
+    outs = LocalDriver(nodes, proto, batch_size=8).run(inputs(40))
+    assert len(outs) == 40 and proto.unflushed == 0
+    assert proto.ledger.verify().ok
+
+
+def test_an_output_other_than_the_signed_one_is_a_fault(tmp_path):
+    nodes = make_nodes(3)
+    proto = make_protocol(tmp_path, p=0.0)
+    for n in nodes:
+        proto.register(n.public, n.profile_digest)
+    proto.open_epoch()
+    sched = Scheduler(proto, batch_size=4, rng=random.Random(0))
+    for x in inputs(4):
+        sched.add_task(x)
+    b = sched.next_batch(nodes[0].public)
+    res = nodes[0].run_batch(b.jobs)
+    swapped = [o + 1 for o in res.outputs]  # not what the receipts sign
+    follow = proto.on_batch(nodes[0].public, res.batch, res.receipts, swapped)
+    assert proto.stats["bad_receipts"] == 4 and len(follow) == 4
+    assert all(a.role is Role.FIRST and a.node != nodes[0].public for a in follow)
