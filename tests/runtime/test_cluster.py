@@ -101,6 +101,7 @@ def test_one_node_refuses_to_claim_verification(ray_session, tmp_path):
             c.map(inputs(3))
 
 
+@pytest.mark.filterwarnings("ignore:.*disputes will stay unresolved")
 def test_restart_reveals_the_open_epoch(ray_session, tmp_path):
     path = tmp_path / "l.db"
     c = Cluster(Linear(), nodes=2, ledger=path, sample_rate=0.5)
@@ -124,7 +125,8 @@ def test_restart_reveals_the_open_epoch(ray_session, tmp_path):
 
 def test_verified_wrapper_and_bad_options(ray_session, tmp_path):
     with verified(Linear(), nodes=2, sample_rate=1.0, ledger=tmp_path / "v.db") as f:
-        r = f(inputs(1)[0])
+        with pytest.warns(RuntimeWarning, match="disputes will stay unresolved"):
+            r = f(inputs(1)[0])
         assert r.state is State.AGREED and r.checked
     with pytest.raises(ConfigError):
         Cluster(Linear(), nodes=2, sample_rate=1.5)
