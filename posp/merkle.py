@@ -66,6 +66,8 @@ def _split(n: int) -> int:
 
 
 def _checked_leaves(leaves: Sequence[bytes]) -> list[bytes]:
+    if leaves and all(type(x) is bytes and len(x) == HASH_SIZE for x in leaves):
+        return list(leaves)  # the common case, checked in one pass
     out = []
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, bytes | bytearray | memoryview) or len(leaf) != HASH_SIZE:
@@ -88,7 +90,8 @@ def _head(hashes: list[bytes], lo: int, hi: int) -> bytes:
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """The 32-byte root over ``leaves`` (32-byte digests, at least one), count included."""
     items = _checked_leaves(leaves)
-    return _root_hash(len(items), _head_iterative([_leaf_hash(x) for x in items]))
+    sha = hashlib.sha256
+    return _root_hash(len(items), _head_iterative([sha(_LEAF + x).digest() for x in items]))
 
 
 def _head_iterative(level: list[bytes]) -> bytes:

@@ -265,6 +265,19 @@ class Receipt(Record):
     seq: int
 
     def __post_init__(self) -> None:
+        # one per job: the common, valid case is checked inline; the helpers below only
+        # run to name the field that is wrong
+        j, n, i, o, p, q = (self.job_id, self.node, self.input_digest, self.output_digest,
+                            self.profile_digest, self.seq)
+        if (
+            type(j) is bytes and len(j) == JOB_ID_BYTES
+            and type(n) is bytes and len(n) == 32
+            and type(i) is bytes and len(i) == 32
+            and type(o) is bytes and len(o) == 32
+            and type(p) is bytes and len(p) == 32
+            and type(q) is int and 0 <= q < 2**64
+        ):
+            return
         _need_bytes(self.job_id, JOB_ID_BYTES, "receipt.job_id")
         _need_bytes(self.node, 32, "receipt.node")
         _need_bytes(self.input_digest, 32, "receipt.input_digest")
