@@ -443,6 +443,9 @@ def encode(value: Any) -> bytes:
 
     Maps are refused: their order is not part of their value.
     """
+    t = type(value)
+    if (t is int and _INT_MIN <= value <= _UINT_MAX) or t is bytes:
+        return _packb(value)  # a scalar in wire form already (digests of job inputs)
     return _packb(_to_wire_value(value))
 
 
