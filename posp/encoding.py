@@ -388,6 +388,9 @@ def _to_wire_value(value: Any) -> Any:
     The memoryview in the last slot marks an array node: a user memoryview is turned into
     bytes here, so nothing else in the tree is a memoryview.
     """
+    t = type(value)
+    if t is bytes or t is str or (t is int and _INT_MIN <= value <= _UINT_MAX):
+        return value  # already wire form (the common leaves, checked first)
     if isinstance(value, Record):
         return value.to_wire()
     if isinstance(value, np.ndarray | NDArray):

@@ -110,15 +110,54 @@ def _head_iterative(level: list[bytes]) -> bytes:
     return level[0]
 
 
+def _levels(items: list[bytes]) -> list[list[bytes]]:
+    """Every level of the tree, leaf hashes first, built bottom-up (pair left to right,
+    carry an odd last node up): the same left-complete tree as the RFC 6962 split."""
+    sha = hashlib.sha256
+    level = [sha(_LEAF + x).digest() for x in items]
+    levels = [level]
+    while len(level) > 1:
+        nxt = [sha(_NODE + level[k] + level[k + 1]).digest()
+               for k in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        levels.append(nxt)
+        level = nxt
+    return levels
+
+
+def _path(levels: list[list[bytes]], index: int) -> tuple[bytes, ...]:
+    path = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):  # else this node is carried up unpaired
+            path.append(level[sibling])
+        index //= 2
+    return tuple(path)
+
+
 def merkle_proof(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:
     """The audit path of ``leaves[index]``: sibling hashes from the leaf up, O(n)."""
     items = _checked_leaves(leaves)
     if type(index) is not int or not 0 <= index < len(items):
         raise ConfigError(f"index {index!r} not in [0, {len(items)})", key="index")
+    return _path(_levels(items), index)
+
+
+def merkle_proofs(leaves: Sequence[bytes]) -> list[tuple[bytes, ...]]:
+    """The audit path of every leaf, in leaf order, in O(n log n) for the whole batch."""
+    items = _checked_leaves(leaves)
+    levels = _levels(items)
+    return [_path(levels, i) for i in range(len(items))]
+
+
+def _merkle_proof_recursive(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:
+    """The RFC 6962 descent, kept as the reference the iterative form is tested against."""
+    items = _checked_leaves(leaves)
     hashes = [_leaf_hash(x) for x in items]
     path: list[bytes] = []
     lo, hi = 0, len(items)
-    while hi - lo > 1:  # descend toward the leaf, collecting the sibling subtree heads
+    while hi - lo > 1:
         mid = lo + _split(hi - lo)
         if index < mid:
             path.append(_head(hashes, mid, hi))
@@ -127,28 +166,6 @@ def merkle_proof(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:
             path.append(_head(hashes, lo, mid))
             lo = mid
     return tuple(reversed(path))
-
-
-def merkle_proofs(leaves: Sequence[bytes]) -> list[tuple[bytes, ...]]:
-    """The audit path of every leaf, in leaf order, in O(n log n) for the whole batch."""
-    items = _checked_leaves(leaves)
-    paths: list[list[bytes]] = [[] for _ in items]
-    hashes = [_leaf_hash(x) for x in items]
-
-    # every subtree head is computed once; each leaf gets one sibling per level
-    def build(lo: int, hi: int) -> bytes:
-        if hi - lo == 1:
-            return hashes[lo]
-        mid = lo + _split(hi - lo)
-        left, right = build(lo, mid), build(mid, hi)
-        for i in range(lo, mid):
-            paths[i].append(right)
-        for i in range(mid, hi):
-            paths[i].append(left)
-        return _node_hash(left, right)
-
-    build(0, len(items))
-    return [tuple(p) for p in paths]
 
 
 def verify_inclusion(

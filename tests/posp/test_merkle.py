@@ -176,3 +176,16 @@ def test_iterative_head_equals_the_recursive_rfc6962_split():
     for n in range(1, 130):
         leaves = [merkle._leaf_hash(bytes([i % 256]) * 32) for i in range(n)]
         assert merkle._head_iterative(list(leaves)) == merkle._head(leaves, 0, n)
+
+
+def test_iterative_proofs_equal_the_rfc6962_descent():
+    from posp import merkle
+
+    for n in range(1, 70):
+        leaves = [bytes([i % 256, n]) * 16 for i in range(n)]
+        all_proofs = merkle.merkle_proofs(leaves)
+        root = merkle.merkle_root(leaves)
+        for i in range(n):
+            ref = merkle._merkle_proof_recursive(leaves, i)
+            assert merkle.merkle_proof(leaves, i) == ref == all_proofs[i]
+            assert merkle.verify_inclusion(leaves[i], i, n, ref, root) == leaves[i]
