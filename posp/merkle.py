@@ -136,6 +136,18 @@ def _path(levels: list[list[bytes]], index: int) -> tuple[bytes, ...]:
     return tuple(path)
 
 
+def merkle_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree (build once, then :func:`proof_from_levels` per leaf)."""
+    return _levels(_checked_leaves(leaves))
+
+
+def proof_from_levels(levels: list[list[bytes]], index: int) -> tuple[bytes, ...]:
+    """The audit path of leaf ``index`` from :func:`merkle_levels`' output, O(log n)."""
+    if type(index) is not int or not 0 <= index < len(levels[0]):
+        raise ConfigError(f"index {index!r} not in [0, {len(levels[0])})", key="index")
+    return _path(levels, index)
+
+
 def merkle_proof(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:
     """The audit path of ``leaves[index]``: sibling hashes from the leaf up, O(n)."""
     items = _checked_leaves(leaves)

@@ -52,7 +52,13 @@ from .encoding import (
 )
 from .errors import BadSignature, ConfigError, MalformedMessage, ProfileMismatch
 from .identity import SIGNATURE_BYTES, NodeKey, PublicKey
-from .merkle import merkle_proof, merkle_proofs, merkle_root, verify_inclusion
+from .merkle import (
+    merkle_levels,
+    merkle_proofs,
+    merkle_root,
+    proof_from_levels,
+    verify_inclusion,
+)
 
 __all__ = [
     "JOB_ID_BYTES",
@@ -460,27 +466,20 @@ class ReceiptBatch:
     never needs portable evidence costs no proof at all.
     """
 
-    __slots__ = ("batch", "receipts", "_leaves", "_proofs", "_asked")
+    __slots__ = ("batch", "receipts", "_leaves", "_levels")
 
     def __init__(self, batch: BatchCommitment, receipts: Sequence[Receipt],
                  leaves: Sequence[bytes]) -> None:
         self.batch = batch
         self.receipts = tuple(receipts)
         self._leaves = list(leaves)
-        self._proofs: dict[int, tuple[bytes, ...]] = {}
-        self._asked = 0
+        self._levels: list[list[bytes]] | None = None
 
     def signed(self, index: int) -> SignedReceipt:
-        proof = self._proofs.get(index)
-        if proof is None:
-            self._asked += 1
-            if self._asked <= 4:  # a few disputed jobs: one O(n) proof each
-                proof = self._proofs[index] = tuple(merkle_proof(self._leaves, index))
-            else:  # many: every proof at once, O(n log n)
-                self._proofs = {i: tuple(p) for i, p in enumerate(merkle_proofs(self._leaves))}
-                proof = self._proofs[index]
-        return SignedReceipt(receipt=self.receipts[index], index=index, proof=proof,
-                             batch=self.batch)
+        if self._levels is None:  # the tree once, O(n); then each proof is O(log n)
+            self._levels = merkle_levels(self._leaves)
+        return SignedReceipt(receipt=self.receipts[index], index=index,
+                             proof=proof_from_levels(self._levels, index), batch=self.batch)
 
 
 class ReceiptRef:
