@@ -216,3 +216,29 @@ def test_an_output_other_than_the_signed_one_is_a_fault(tmp_path):
     follow = proto.on_batch(nodes[0].public, res.batch, res.receipts, swapped)
     assert proto.stats["bad_receipts"] == 4 and len(follow) == 4
     assert all(a.role is Role.FIRST and a.node != nodes[0].public for a in follow)
+
+
+def test_every_slash_rests_on_signed_evidence_in_the_ledger(tmp_path):
+    from posp.digest import digest_value
+    from posp.receipts import SignedReceipt, verify_receipt
+
+    nodes = make_nodes(6, cheaters={0})
+    proto = make_protocol(tmp_path, p=0.5, params=ProtocolParams(slash=2000, bond=10_000))
+    LocalDriver(nodes, proto, batch_size=8, rng=random.Random(5)).run(inputs(80))
+    events = list(proto.ledger.events())
+    disputes = {ev["ref"]: ev["outcome"] for ev in events if ev.kind == "dispute"}
+    slashes = [ev for ev in events if ev.kind == "slash"]
+    assert slashes
+    for ev in slashes:
+        evidence = disputes[ev["ref"]]
+        assert digest_value("evidence", evidence) == ev["evidence"]
+        tag, _version, input_digest, winning_digest, entries = evidence
+        assert tag == "dispute-evidence"
+        slashed_entry = [e for e in entries if e[1] == ev["node"]]
+        assert slashed_entry and slashed_entry[0][3] == "mismatch"
+        for _role, node, wire, *_ in entries:
+            signed = SignedReceipt.from_wire(wire)
+            r = verify_receipt(signed)  # every receipt in the evidence verifies
+            assert r.node == node and r.input_digest == input_digest
+        agreeing = [e for e in entries if e[3] != "mismatch"]
+        assert len(agreeing) >= 2 and winning_digest
