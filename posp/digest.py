@@ -24,6 +24,7 @@ and would make the digest lie about the bytes.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -139,7 +140,8 @@ def digest_value(domain: str, value: Any) -> bytes:
         name = _FAST_FLOAT[value.dtype]
         n = value.size
         # NaN check: a Python scan beats numpy's call overhead on the small outputs of a job
-        if n and not (any(x != x for x in value.flat) if n <= 64 else np.isnan(value.max())):
+        if n and not (any(x != x for x in value.flat) if n <= 64
+                      else math.isnan(np.maximum.reduce(value, axis=None))):
             h = _hasher(domain)
             h.update(array_header(name, value.shape, value.nbytes))
             h.update(memoryview(value))  # type: ignore[arg-type]  # hashed in place
