@@ -23,6 +23,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "ledger": (["bench_ledger.py"], ["bench_ledger.py", "--settlements", "10000"]),
     "prefill": (["bench_prefill.py"], ["bench_prefill.py", "--repeats", "2"]),
     "sim": (["bench_sim.py"], ["bench_sim.py"]),
+    "coordinator": (["bench_coordinator.py"], ["bench_coordinator.py", "--jobs", "1280"]),
     "cluster": (["bench_cluster.py", "--plot", str(HERE.parent / "docs" / "bench_cluster.png")],
                 ["bench_cluster.py", "--batches", "20", "--repeats", "1"]),
 }
