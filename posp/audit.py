@@ -142,6 +142,16 @@ def _audit(ledger: Ledger) -> AuditReport:
             )
             continue
         jobs += count
+        roles = f.get("roles") or b""
+        exempt = [i for i, (r, ppb) in enumerate(zip(roles, rates, strict=False))
+                  if r == ord("f") and ppb == 0]
+        if exempt:
+            mismatches.append(DecisionMismatch(
+                seq, epoch, node_hex,
+                f"first executions at positions {exempt[:8]} were given sampling rate 0",
+                recorded,
+            ))
+            continue
         expected = tuple(i for i, s in enumerate(flags) if s)
         if expected != recorded:
             mismatches.append(

@@ -101,7 +101,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "liveness": ("node", "ref", "reason"),
     "drift": ("ref", "nodes", "metric", "distance"),
     "dispute": ("ref", "outcome"),
-    "decision": ("epoch", "node", "commitment", "count", "rates_ppb", "sampled"),
+    "decision": ("epoch", "node", "commitment", "count", "rates_ppb", "sampled", "roles"),
     "note": ("text", "data"),
 }
 #: the usual liveness reasons; any short string is accepted (e.g. "bad_receipt")
@@ -912,8 +912,15 @@ class Group:
         count: int,
         rates_ppb: Sequence[int],
         sampled: Sequence[int],
+        roles: bytes = b"",
     ) -> int:
-        """Record a sampling decision for an open, unrevealed epoch, for later audit."""
+        """Record a sampling decision for an open, unrevealed epoch, for later audit.
+
+        ``roles`` (one byte per position, or empty) says which positions were first
+        executions (``f``), validation (``v``) or arbitration (``a``) jobs, or not the
+        coordinator's to judge (``-``: decoys, re-issued jobs), so an audit can show that
+        no first execution was exempted from sampling. It is written after the node's
+        batch came back, so it reveals nothing a node could use for that batch."""
         epoch = _check_epoch(epoch)
         n = _node_bytes(node)
         commitment = _check_digest(commitment, "commitment")
@@ -925,10 +932,13 @@ class Group:
         idx = [int(i) for i in sampled]
         if idx != sorted(set(idx)) or any(not 0 <= i < count for i in idx):
             raise SettlementError("sampled must be sorted distinct indices below count")
+        if type(roles) is not bytes or (roles and (
+                len(roles) != count or roles.strip(b"fva-"))):
+            raise SettlementError(f"roles must be empty or {count} bytes from b'fva-'")
         e = self._epoch(epoch)
         if e is None or e[1] is not None:
             raise SettlementError(f"epoch {epoch} is not open (decisions precede the reveal)")
-        return self._emit("decision", [epoch, n, commitment, count, rates, idx])
+        return self._emit("decision", [epoch, n, commitment, count, rates, idx, roles])
 
     def note(self, text: str, data: Any = None) -> int:
         if not isinstance(text, str):
@@ -1252,10 +1262,12 @@ class Ledger:
         count: int,
         rates_ppb: Sequence[int],
         sampled: Sequence[int],
+        roles: bytes = b"",
     ) -> int:
         return self._run(
             lambda g: g.decision(
-                epoch, node, commitment, count=count, rates_ppb=rates_ppb, sampled=sampled
+                epoch, node, commitment, count=count, rates_ppb=rates_ppb, sampled=sampled,
+                roles=roles,
             )
         )
 

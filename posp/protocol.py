@@ -172,6 +172,7 @@ class _Job:
 
 ComparatorFor = Callable[[bytes, bytes], Comparator]
 _JOB_STAT = {r: f"jobs_{r.value}" for r in Role}
+_ROLE_CODE = {Role.FIRST: ord("f"), Role.VALIDATE: ord("v"), Role.ARBITRATE: ord("a")}
 _SEEN_WINDOW = 200_000  # receipts remembered for the equivocation check
 _BATCH_WINDOW = 20_000  # batch signatures remembered as verified
 
@@ -328,6 +329,7 @@ class Protocol:
         follow: list[Assignment] = []
         firsts: list[tuple[int, _Job, ReceiptRef, Any]] = []
         rates: list[float] = [0.0] * batch.count
+        roles = bytearray(b"-" * batch.count)  # what each position was, for the audit
         rate_cache: dict[float, float] = {}  # the policy's rate for this node, per importance
         for idx, (raw, ref, out) in enumerate(zip(receipts, refs, outputs, strict=True)):
             r = raw.receipt if isinstance(raw, SignedReceipt) else raw
@@ -358,8 +360,10 @@ class Protocol:
                 continue
             self._seen[jid] = ref
             t = self._tasks[job.task]
+            pos = raw.index if isinstance(raw, SignedReceipt) else idx
+            if 0 <= pos < batch.count:
+                roles[pos] = _ROLE_CODE[job.role]
             if job.role is Role.FIRST:
-                pos = raw.index if isinstance(raw, SignedReceipt) else idx
                 rate = rate_cache.get(t.importance)
                 if rate is None:
                     rate = rate_cache[t.importance] = self.policy.rate(node, t.importance)
@@ -376,7 +380,7 @@ class Protocol:
                 if not t.want_arbiters:
                     follow.extend(self._judge_arbitration(t))
         if firsts:
-            follow.extend(self._sample(node, batch, rates, firsts))
+            follow.extend(self._sample(node, batch, rates, firsts, bytes(roles)))
         return follow
 
     def _check_receipts(
@@ -419,13 +423,14 @@ class Protocol:
         batch: BatchCommitment,
         rates: list[float],
         firsts: list[tuple[int, _Job, ReceiptRef, Any]],
+        roles: bytes = b"",
     ) -> list[Assignment]:
         ppb = rates_to_ppb(rates)
         picks = decide(self._seed, batch.commitment, ppb=ppb)
         sampled = sorted(i for i, _job, _ref, _o in firsts if picks[i])
         self._op(
             "decision", self.epoch, node, batch.commitment,
-            count=batch.count, rates_ppb=ppb, sampled=sampled,
+            count=batch.count, rates_ppb=ppb, sampled=sampled, roles=roles,
         )
         follow: list[Assignment] = []
         unsampled = 0

@@ -242,3 +242,33 @@ def test_every_slash_rests_on_signed_evidence_in_the_ledger(tmp_path):
             assert r.node == node and r.input_digest == input_digest
         agreeing = [e for e in entries if e[3] != "mismatch"]
         assert len(agreeing) >= 2 and winning_digest
+
+
+def test_decisions_record_roles_and_the_audit_catches_an_exempted_first_job(tmp_path):
+    from posp.audit import audit
+    from posp.sampling import decide
+
+    nodes = make_nodes(4)
+    proto = make_protocol(tmp_path, p=0.5)
+    LocalDriver(nodes, proto, batch_size=8, rng=random.Random(2)).run(inputs(60))
+    proto.close_epoch()
+    proto.flush()
+    decisions = [ev for ev in proto.ledger.events() if ev.kind == "decision"]
+    roles = b"".join(ev["roles"] for ev in decisions)
+    assert roles.count(b"f") == 60 and roles.count(b"v") > 0
+    assert audit(proto.ledger).ok
+
+    # a coordinator that quietly exempts a node's first job from sampling is caught
+    led = Ledger(tmp_path / "bad.db")
+    seed = EpochSeed(b"\x05" * 32)
+    node = nodes[0].public
+    led.bond(node, 10_000, profile=nodes[0].profile_digest)
+    led.epoch_open(1, seed.commitment)
+    commitment = b"\x11" * 32
+    ppb = [0, 500_000_000]
+    flags = decide(seed, commitment, ppb=ppb)
+    led.decision(1, node, commitment, count=2, rates_ppb=ppb,
+                 sampled=[i for i, f in enumerate(flags) if f], roles=b"ff")
+    led.epoch_reveal(1, bytes(seed))
+    rep = audit(led)
+    assert not rep.ok and "rate 0" in str(rep.to_dict())
