@@ -73,7 +73,7 @@ class Scheduler:
         self.inputs: dict[int, Any] = {}
         self._recent: deque[tuple[bytes, Any]] = deque(maxlen=256)  # (first node, input)
         self.decoys_sent = 0
-        self.reserve = 2 * batch_size
+        self.reserve = max(1, batch_size // 2)
         # (re-executions, first executions, decoys) of recent batches, for inspection
         self.log: deque[tuple[int, int, int]] = deque(maxlen=10_000)
 
@@ -110,7 +110,7 @@ class Scheduler:
         """The next batch for ``node``: its queued re-executions first, then new tasks,
         then decoys if the batch would otherwise hold re-executions only.
 
-        While dispatched tasks are still open, the last ``2 * batch_size`` new tasks are
+        While dispatched tasks are still open, the last ``batch_size // 2`` new tasks are
         held in reserve for batches that carry re-executions, so that those travel among real
         first executions instead of decoys. ``force`` releases the reserve (the caller
         does so when nothing else can run)."""
@@ -126,11 +126,10 @@ class Scheduler:
         n_first = 0
         room = self.batch_size - len(jobs)
         open_work = self.protocol.pending_tasks > len(self._fresh)
-        if open_work and not force:
-            # keep a reserve of new tasks for batches that carry re-executions; such a
-            # batch may dip into it one new task per re-execution
-            free = max(0, len(self._fresh) - self.reserve)
-            room = min(room, free + n_follow)
+        if open_work and not force and not n_follow:
+            # keep a reserve of new tasks for the batches that will carry re-executions
+            # (they take from it freely), so those travel among real first executions
+            room = min(room, max(0, len(self._fresh) - self.reserve))
         while self._fresh and n_first < room:
             tid = self._fresh.popleft()
             a = self.protocol.first_job(tid, node)
