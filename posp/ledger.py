@@ -1522,7 +1522,9 @@ def _walk(
             h = dom.copy()
             h.update(b"".join((
                 b"\x94",
-                b"\xce" + seq.to_bytes(4, "big") if 0xFFFF < seq < 0x100000000 else mp_uint(seq),
+                (b"\xcd" + seq.to_bytes(2, "big")) if 0xFF < seq < 0x10000
+                else (b"\xce" + seq.to_bytes(4, "big")) if 0xFFFF < seq < 0x100000000
+                else mp_uint(seq),
                 kb,
                 bin8[n] if n < 256 else bin_h(n),
                 payload,
