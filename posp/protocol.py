@@ -17,10 +17,14 @@ One task, seen from here::
                 >= (k+1)/2 arbiters agree on one output ──> every party or arbiter that
                     disagrees with it is slashed (challenger share to the honest parties);
                     UPHELD, or OVERTURNED with the winning output
-                no majority, or too few nodes ──> UNRESOLVED, nobody slashed
+                no majority, or too few nodes ──> UNRESOLVED, nobody slashed and the
+                    disputed job pays neither party (arbiters who answered are paid)
 
 Nodes never see roles: a validation or arbitration job is a job with a fresh id, and the
-caller puts it in an ordinary batch. Crashes and timeouts are liveness events: the jobs
+caller puts it in an ordinary batch. A node's output must hash to the digest it signed,
+else the job is a fault. Each batch's decision event records the rates, the sampled
+positions and each position's role, so `posp ledger audit` can recompute it after the
+epoch's seed is revealed. Crashes and timeouts are liveness events: the jobs
 are re-issued with fresh ids (so an honest retry is never equivocation), never slashed.
 Two receipts signed by one node for one job id with different output digests are proof of
 equivocation and are slashed without re-execution.
