@@ -143,8 +143,11 @@ def _audit(ledger: Ledger) -> AuditReport:
             continue
         jobs += count
         roles = f.get("roles") or b""
+        first_rates = [ppb for r, ppb in zip(roles, rates, strict=False) if r == ord("f")]
+        # a rate of 0 is legitimate for a whole batch (p = 0); a batch where some first
+        # executions were exposed to sampling and others not is a selective exemption
         exempt = [i for i, (r, ppb) in enumerate(zip(roles, rates, strict=False))
-                  if r == ord("f") and ppb == 0]
+                  if r == ord("f") and ppb == 0] if any(first_rates) else []
         if exempt:
             mismatches.append(DecisionMismatch(
                 seq, epoch, node_hex,

@@ -145,6 +145,7 @@ class Cluster:
         self._ordinal: dict[bytes, int] = {}
         self._last_done: dict[bytes, float] = {}
         self._task_errors: dict[int, set[bytes]] = {}
+        self._node_errors: dict[bytes, int] = {}
         self._warned_small = False
         self.jobs_dispatched = 0
         if ledger is None:
@@ -332,7 +333,7 @@ class Cluster:
             ready, _ = ray.wait(list(flight), num_returns=1, timeout=min(self.timeout_s, 5.0))
             if ready and len(flight) > 1:  # take every other batch that is done too
                 ready, _ = ray.wait(list(flight), num_returns=len(flight), timeout=0)
-            self._check_timeouts(flight, per_node)
+            self._check_timeouts(flight, per_node, done_refs=set(ready))
             for ref in ready:
                 if ref not in flight:  # timed out meanwhile
                     continue
@@ -455,6 +456,9 @@ class Cluster:
         self.scheduler.add_follow_ups(
             self.protocol.on_batch_error(info.public, [j.job_id for j in batch.jobs])
         )
+        errors = self._node_errors[info.public] = self._node_errors.get(info.public, 0) + 1
+        if errors >= 3:  # a node whose batches keep raising stops getting work
+            self._fail(info, "error", exc)
 
     def _fail(self, info: NodeInfo, reason: str, exc: BaseException | None = None) -> None:
         if not info.alive:
@@ -465,9 +469,13 @@ class Cluster:
         self.scheduler.add_follow_ups(self.protocol.on_node_failure(info.public, reason=reason))
 
     def _check_timeouts(self, flight: dict[Any, tuple[NodeInfo, Batch, float]],
-                        per_node: dict[bytes, int]) -> None:
+                        per_node: dict[bytes, int], *,
+                        done_refs: set[Any] | frozenset[Any] = frozenset()
+                        ) -> None:
         now = time.monotonic()
         for ref, (info, _b, t0) in list(flight.items()):
+            if ref in done_refs:  # finished, merely not handled yet: never a timeout
+                continue
             # a batch queued behind another on the same node starts its clock when the
             # node finished the one before, not when it was sent
             started = max(t0, self._last_done.get(info.public, t0))

@@ -272,3 +272,11 @@ def test_decisions_record_roles_and_the_audit_catches_an_exempted_first_job(tmp_
     led.epoch_reveal(1, bytes(seed))
     rep = audit(led)
     assert not rep.ok and "rate 0" in str(rep.to_dict())
+
+    # p = 0 for a whole batch is a policy, not an exemption
+    led2 = Ledger(tmp_path / "zero.db")
+    led2.bond(node, 10_000, profile=nodes[0].profile_digest)
+    led2.epoch_open(1, seed.commitment)
+    led2.decision(1, node, commitment, count=2, rates_ppb=[0, 0], sampled=[], roles=b"ff")
+    led2.epoch_reveal(1, bytes(seed))
+    assert audit(led2).ok
