@@ -40,3 +40,14 @@ def test_one_module_owns_msgpack_and_one_owns_nacl():
             if lib in _imports(path):
                 owners[lib].append(path.relative_to(ROOT).as_posix())
     assert owners == {"msgpack": ["posp/encoding.py"], "nacl": ["posp/identity.py"]}
+
+
+def test_import_posp_is_light_and_the_runtime_loads_on_demand():
+    code = ("import sys, posp\n"
+            "assert 'ray' not in sys.modules and 'torch' not in sys.modules\n"
+            "assert set(posp.__all__) >= {'Cluster', 'verified', 'Protocol', 'Ledger'}\n"
+            "posp.Cluster\n"
+            "print('ray' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "True"
