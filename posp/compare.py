@@ -199,8 +199,8 @@ class _Base:
         return self.METRIC
 
     @property
-    def tolerance(self) -> float:  # overridden by a field in subclasses
-        raise NotImplementedError
+    def tolerance(self) -> float:
+        return self.tol  # type: ignore[attr-defined]  # every subclass has ``tol``
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> float:
         raise NotImplementedError
@@ -240,10 +240,6 @@ class Exact(_Base):
     METRIC: ClassVar[str] = "exact"
     tol: float = 0.0
 
-    @property
-    def tolerance(self) -> float:
-        return self.tol
-
     def _distance(self, x: np.ndarray, y: np.ndarray) -> float:
         return INF
 
@@ -264,10 +260,6 @@ class Elementwise(_Base):
     def __post_init__(self) -> None:
         _check_tol("atol", self.atol)
         _check_tol("rtol", self.rtol)
-
-    @property
-    def tolerance(self) -> float:
-        return self.tol
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> float:
         d = _abs_diff(x, y)
@@ -302,10 +294,6 @@ class MaxUlp(_Base):
 
     METRIC: ClassVar[str] = "max_ulp"
     tol: float = 4.0
-
-    @property
-    def tolerance(self) -> float:
-        return self.tol
 
     def compare(self, a: Any, b: Any) -> Verdict:
         if isinstance(a, NDArray) and isinstance(b, NDArray) and a.dtype == b.dtype == "bf16":
@@ -356,10 +344,6 @@ class MaxAbs(_Base):
     METRIC: ClassVar[str] = "max_abs"
     tol: float = 1e-5
 
-    @property
-    def tolerance(self) -> float:
-        return self.tol
-
     def _distance(self, x: np.ndarray, y: np.ndarray) -> float:
         return _finite_max(_abs_diff(x, y))
 
@@ -370,10 +354,6 @@ class RelativeL2(_Base):
 
     METRIC: ClassVar[str] = "relative_l2"
     tol: float = 1e-4
-
-    @property
-    def tolerance(self) -> float:
-        return self.tol
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> float:
         pair = _drop_equal_nonfinite(x, y)
@@ -396,10 +376,6 @@ class Cosine(_Base):
 
     METRIC: ClassVar[str] = "cosine"
     tol: float = 1e-6
-
-    @property
-    def tolerance(self) -> float:
-        return self.tol
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> float:
         pair = _drop_equal_nonfinite(x, y)
@@ -429,10 +405,6 @@ class TopKAgreement(_Base):
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"must be a positive int, got {self.k!r}", key="k")
-
-    @property
-    def tolerance(self) -> float:
-        return self.tol
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> float:
         if x.ndim == 0 or x.shape[-1] < self.k:

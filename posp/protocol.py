@@ -119,8 +119,8 @@ class Assignment:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A settled task. ``output`` is set only when the asserter's output was overturned
-    (the caller already holds the asserter's output otherwise). ``receipt_ref`` holds
+    """A settled task. ``output`` is what the user receives: the asserter's signed output,
+    or the arbitration winner when it was overturned. ``receipt_ref`` holds
     the asserter's receipt; :attr:`receipt` builds its portable signed form on demand."""
 
     task: int
@@ -445,7 +445,7 @@ class Protocol:
                 unsampled += 1
                 t.state = State.NOT_SAMPLED
                 self.policy.observe(node, "not_sampled")
-                self._final.append(TaskResult(t.id, State.NOT_SAMPLED, node, s))
+                self._final.append(TaskResult(t.id, State.NOT_SAMPLED, node, s, out))
                 del self._tasks[t.id]
                 continue
             self.stats["sampled"] += 1
@@ -617,7 +617,8 @@ class Protocol:
         assert t.asserter is not None
         t.state = state
         self._final.append(TaskResult(
-            t.id, state, t.asserter, t.receipt, output, tuple(t.verdicts), slashed,
+            t.id, state, t.asserter, t.receipt, t.output if output is None else output,
+            tuple(t.verdicts), slashed,
         ))
         del self._tasks[t.id]
 

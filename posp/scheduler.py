@@ -21,7 +21,7 @@ from typing import Any
 
 from .digest import digest_value
 from .node import BatchResult, Job, NodeCore
-from .protocol import Assignment, Protocol, Role, State, TaskResult
+from .protocol import Assignment, Protocol, State, TaskResult
 
 __all__ = ["Batch", "LocalDriver", "Outcome", "Scheduler"]
 
@@ -101,10 +101,6 @@ class Scheduler:
             if q:
                 return True
         return False
-
-    def follow_ups_for(self, node: bytes) -> int:
-        q = self._follow.get(node)
-        return len(q) if q else 0
 
     def next_batch(self, node: bytes, *, force: bool = False) -> Batch | None:
         """The next batch for ``node``: its queued re-executions first, then new tasks,
@@ -198,9 +194,7 @@ class LocalDriver:
             self.scheduler.add_task(x, importance=1.0 if importance is None else importance[i])
             for i, x in enumerate(inputs)
         ]
-        outputs: dict[int, Any] = {}
         done: dict[int, Outcome] = {}
-        first_out: dict[bytes, Any] = {}
         order = list(self.nodes)
         force = False
         while self.scheduler.has_work() or self.protocol.pending_tasks:
@@ -216,11 +210,6 @@ class LocalDriver:
                     self.scheduler.add_follow_ups(self.protocol.on_node_failure(node_id))
                     continue
                 res: BatchResult = self.nodes[node_id].run_batch(batch.jobs)
-                for rcpt, out in zip(res.receipts, res.outputs, strict=True):
-                    jid = rcpt.job_id
-                    info = self.protocol.job(jid)
-                    if info is not None and info[2] is Role.FIRST:
-                        first_out[jid] = out
                 # decoys travel on to the protocol too: it ignores jobs it did not
                 # issue, and a whole batch is checked with one root recomputation
                 follow = self.protocol.on_batch(
@@ -229,11 +218,7 @@ class LocalDriver:
                 self.scheduler.add_follow_ups(follow)
                 self.scheduler.add_follow_ups(self.protocol.take_reissued())
                 for r in self.protocol.flush():
-                    out = r.output
-                    if r.state is not State.OVERTURNED and r.job_id is not None:
-                        out = first_out.pop(r.job_id, None)
-                    outputs[r.task] = out
-                    done[r.task] = Outcome(r.task, out, r.state, r)
+                    done[r.task] = Outcome(r.task, r.output, r.state, r)
                     self.scheduler.forget(r.task)
             if not progressed:
                 if not self.scheduler.has_work():
@@ -247,8 +232,5 @@ class LocalDriver:
             else:
                 force = False
         for r in self.protocol.flush():
-            out = r.output
-            if r.state is not State.OVERTURNED and r.job_id is not None:
-                out = first_out.pop(r.job_id, None)
-            done[r.task] = Outcome(r.task, out, r.state, r)
+            done[r.task] = Outcome(r.task, r.output, r.state, r)
         return [done[t] for t in tids]

@@ -26,7 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 
 from ..compare import Comparator, RelativeL2
 from ..digest import digest_value
-from ..errors import ClusterError, ConfigError, NotEnoughNodes
+from ..errors import ClusterError, ConfigError
 from ..ledger import Ledger
 from ..node import BatchResult, Behaviour, Runner
 from ..protocol import Protocol, ProtocolParams, Role, State, TaskResult
@@ -316,15 +316,14 @@ class Cluster:
             for i, v in enumerate(values)
         ]
         done: dict[int, Result] = {}
-        first_out: dict[bytes, Any] = {}
         flight: dict[Any, tuple[NodeInfo, Batch, float]] = {}
         per_node: dict[bytes, int] = dict.fromkeys(self.nodes, 0)
         total = len(values)
         last_flush = time.monotonic()
         while len(done) < total:
-            self._fill(flight, per_node, first_out)
+            self._fill(flight, per_node)
             if not flight:  # only the reserve of new tasks is left: release it
-                self._fill(flight, per_node, first_out, force=True)
+                self._fill(flight, per_node, force=True)
             if not flight:
                 self.protocol.require_verifiable()
                 raise ClusterError(
@@ -350,7 +349,7 @@ class Cluster:
                 except (RayActorError, RayError) as exc:
                     self._fail(info, "crash", exc)
                     continue
-                self._take(info, batch, res, first_out)
+                self._take(info, res)
             # group commit: one fsync per flush_interval rather than per batch, and at
             # once when nothing else is running or the last results wait for it
             now = time.monotonic()
@@ -361,7 +360,7 @@ class Cluster:
             ):
                 last_flush = now
                 for r in self.protocol.flush():
-                    self._settled(r, first_out, done)
+                    self._settled(r, done)
                 if progress is not None:
                     progress(len(done), total)
         # the driver process's CPU over the whole call (Ray's threads included); read once,
@@ -370,8 +369,7 @@ class Cluster:
         return [done[t] for t in tids]
 
     def _fill(self, flight: dict[Any, tuple[NodeInfo, Batch, float]],
-              per_node: dict[bytes, int], first_out: dict[bytes, Any], *,
-              force: bool = False) -> None:
+              per_node: dict[bytes, int], *, force: bool = False) -> None:
         for info in self.nodes.values():
             if not info.alive or not self.protocol.is_active(info.public):
                 continue
@@ -395,27 +393,15 @@ class Cluster:
                 flight[ref] = (info, batch, time.monotonic())
                 per_node[info.public] += 1
 
-    def _take(self, info: NodeInfo, batch: Batch, res: BatchResult,
-              first_out: dict[bytes, Any]) -> None:
+    def _take(self, info: NodeInfo, res: BatchResult) -> None:
         # decoys go to the protocol too: it ignores jobs it did not issue, and the whole
         # batch is then checked with one Merkle root recomputation
-        signed = list(res.receipts)
-        outputs = list(res.outputs)
-        for rcpt, out in zip(signed, outputs, strict=True):
-            job = self.protocol.job(rcpt.job_id)
-            if job is not None and job[2] is Role.FIRST:
-                first_out[rcpt.job_id] = out
-        follow = self.protocol.on_batch(info.public, res.batch, signed, outputs)
+        follow = self.protocol.on_batch(info.public, res.batch, list(res.receipts),
+                                        list(res.outputs))
         self.scheduler.add_follow_ups(follow)
         self.scheduler.add_follow_ups(self.protocol.take_reissued())
 
-    def _settled(self, r: TaskResult, first_out: dict[bytes, Any],
-                 done: dict[int, Result]) -> None:
-        out = r.output
-        if r.job_id is not None:
-            held = first_out.pop(r.job_id, None)
-            if r.state is not State.OVERTURNED:
-                out = held
+    def _settled(self, r: TaskResult, done: dict[int, Result]) -> None:
         first_id = r.job_id
         ordinal = self._ordinal.pop(first_id, None) if first_id is not None else None
         for n in r.slashed:
@@ -424,7 +410,7 @@ class Cluster:
                 # caught on its own job: that job's place in its sequence of first jobs;
                 # caught as a validator or arbiter: the first jobs it had received by then
                 info.slashed_after = ordinal if n == r.asserter and ordinal else info.asserted
-        done[r.task] = Result(r.task, out, r.receipt_ref, r.state, r.asserter)
+        done[r.task] = Result(r.task, r.output, r.receipt_ref, r.state, r.asserter)
         self.scheduler.forget(r.task)
 
     def _warn_if_small(self) -> None:
@@ -494,10 +480,6 @@ class Cluster:
 
     def live_nodes(self) -> int:
         return len(self.protocol.live_nodes())
-
-    def check_live(self) -> None:
-        if self.live_nodes() < 2:
-            raise NotEnoughNodes("fewer than two live nodes")
 
 
 def _default_comparator(specs: list[NodeSpec]) -> Any:
