@@ -27,12 +27,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .digest import digest_value
+import numpy as np
+
+from .digest import digest_many
 from .encoding import Record, field_any, field_fixed_bytes, record
 from .identity import NodeKey
-from .receipts import BatchCommitment, ExecutionProfile, Receipt, commit_batch
+from .receipts import BatchCommitment, ExecutionProfile, ReceiptBlock, commit_block
 
-__all__ = ["Behaviour", "BatchResult", "CheatRate", "Honest", "Job", "NodeCore", "Runner"]
+__all__ = [
+    "Behaviour", "BatchResult", "CheatRate", "Honest", "Job", "NodeCore", "Runner",
+    "pack_values", "unpack_values",
+]
 
 #: builds outputs for a list of inputs (the workload, built once per node)
 Runner = Callable[[Sequence[Any]], list[Any]]
@@ -114,13 +119,49 @@ class CheatRate:
 class BatchResult:
     """What a node returns for a batch: outputs, its receipts, one signed commitment.
 
-    Inclusion proofs are not sent: the coordinator holds the whole batch and checks it by
-    recomputing the Merkle root, building a job's proof only where evidence needs one.
+    ``receipts`` is a :class:`~posp.receipts.ReceiptBlock` (a sequence of receipts held
+    as columns). Inclusion proofs are not sent: the coordinator holds the whole batch and
+    checks it by recomputing the Merkle root, building a job's proof only where evidence
+    needs one. Pickled (how it crosses Ray), outputs that are arrays of one dtype and
+    shape travel as one stacked array and come back as its rows.
     """
 
     batch: BatchCommitment
-    receipts: tuple[Receipt, ...]
+    receipts: ReceiptBlock
     outputs: tuple[Any, ...]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_batch_result, (self.batch, self.receipts, pack_values(self.outputs)))
+
+
+def pack_values(values: Sequence[Any]) -> tuple[str, Any]:
+    """A batch's inputs or outputs for the wire: arrays of one dtype and shape as one
+    stacked array (one buffer to serialise instead of one object per job), anything else
+    as it is. :func:`unpack_values` gives the values back (arrays as rows of the stack)."""
+    if len(values) > 1 and type(values[0]) is np.ndarray:
+        v0 = values[0]
+        dtype, shape = v0.dtype, v0.shape
+        if not dtype.hasobject and all(
+            type(v) is np.ndarray and v.dtype == dtype and v.shape == shape for v in values
+        ):
+            return ("stacked", np.stack(values))
+    return ("list", tuple(values))
+
+
+def unpack_values(packed: tuple[str, Any], *, writable: bool = False) -> tuple[Any, ...]:
+    """Inverse of :func:`pack_values`. ``writable`` copies a stacked array first (what
+    Ray hands out is a read-only buffer)."""
+    kind, data = packed
+    if kind == "stacked" and type(data) is np.ndarray:
+        return tuple(np.array(data, copy=True) if writable else data)
+    if kind == "list" and type(data) in (tuple, list):
+        return tuple(data)
+    raise ValueError("not a packed batch")
+
+
+def _batch_result(batch: BatchCommitment, receipts: ReceiptBlock, packed: Any) -> BatchResult:
+    # outputs become the user's results: a copy the receiver owns, then its rows
+    return BatchResult(batch, receipts, unpack_values(packed, writable=True))
 
 
 class NodeCore:
@@ -147,20 +188,15 @@ class NodeCore:
         outputs = self.behaviour.outputs(jobs, self.runner)
         if len(outputs) != len(jobs):
             raise ValueError("behaviour returned the wrong number of outputs")
-        receipts = []
-        for j, out in zip(jobs, outputs, strict=True):
-            receipts.append(
-                Receipt(
-                    job_id=j.job_id,
-                    node=self.public,
-                    input_digest=digest_value("input", j.input),
-                    output_digest=digest_value("output", out),
-                    profile_digest=self.profile_digest,
-                    seq=self._seq,
-                )
-            )
-            self._seq += 1
-        batch = commit_batch(self.key, receipts, batch_seq=self._batch_seq)
+        n = len(jobs)
+        block = ReceiptBlock(
+            self.public, self.profile_digest, self._seq,
+            [j.job_id for j in jobs],
+            digest_many("input", [j.input for j in jobs]),
+            digest_many("output", outputs),
+        )
+        self._seq += n
+        batch = commit_block(self.key, block, batch_seq=self._batch_seq)
         self._batch_seq += 1
-        self.jobs_run += len(jobs)
-        return BatchResult(batch, tuple(receipts), tuple(outputs))
+        self.jobs_run += n
+        return BatchResult(batch, block, tuple(outputs))

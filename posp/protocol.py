@@ -40,17 +40,21 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .compare import Comparator, Verdict, VerdictKind
-from .digest import digest_value
-from .errors import BadSignature, ConfigError, NotEnoughNodes, ProfileMismatch
+from .digest import digest_many, digest_value
+from .errors import BadSignature, ConfigError, MalformedMessage, NotEnoughNodes, ProfileMismatch
 from .ledger import Ledger
 from .receipts import (
     BatchCommitment,
+    JobIds,
     Receipt,
+    ReceiptBatch,
+    ReceiptBlock,
     ReceiptRef,
     SignedReceipt,
+    verify_block,
     verify_receipt,
     verify_whole_batch,
 )
@@ -117,11 +121,11 @@ class Assignment:
     role: Role
 
 
-@dataclass(frozen=True)
-class TaskResult:
+class TaskResult(NamedTuple):
     """A settled task. ``output`` is what the user receives: the asserter's signed output,
     or the arbitration winner when it was overturned. ``receipt_ref`` holds
-    the asserter's receipt; :attr:`receipt` builds its portable signed form on demand."""
+    the asserter's receipt; :attr:`receipt` builds its portable signed form on demand.
+    (Immutable; a named tuple because one is built per task.)"""
 
     task: int
     state: State
@@ -137,7 +141,7 @@ class TaskResult:
 
     @property
     def job_id(self) -> bytes | None:
-        return None if self.receipt_ref is None else self.receipt_ref.receipt.job_id
+        return None if self.receipt_ref is None else self.receipt_ref.job_id
 
 
 @dataclass
@@ -146,25 +150,47 @@ class _Node:
     stake: int
     live: bool = True
     ejected: bool = False
-    outstanding: set[bytes] = field(default_factory=set)
+    # job ids issued to the node and not yet answered; a dict (insertion-ordered, unlike
+    # a set of bytes) so that re-issuing them after a failure is reproducible
+    outstanding: dict[bytes, None] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+_NO_RESULTS: dict[bytes, tuple[ReceiptRef, Any]] = {}  # shared, never written
+_NO_NODES: set[bytes] = set()  # shared, never written
+_NO_VERDICTS: list[Verdict] = []  # shared, never written
+
+
 class _Task:
-    id: int
-    input_digest: bytes
-    importance: float
-    state: State = State.PENDING
-    asserter: bytes | None = None
-    first_job: bytes | None = None
-    receipt: ReceiptRef | None = None
-    output: Any = None
-    # node -> (receipt, output) for validators / arbiters that answered
-    validators: dict[bytes, tuple[ReceiptRef, Any]] = field(default_factory=dict)
-    arbiters: dict[bytes, tuple[ReceiptRef, Any]] = field(default_factory=dict)
-    want_validators: set[bytes] = field(default_factory=set)
-    want_arbiters: set[bytes] = field(default_factory=set)
-    verdicts: list[Verdict] = field(default_factory=list)
+    """A task's state. Most tasks are never sampled, so the containers for validators,
+    arbiters and verdicts start as shared empties and become real ones when validation
+    starts (:meth:`_Task.start_checks`)."""
+
+    __slots__ = ("id", "input_digest", "importance", "state", "asserter", "first_job",
+                 "receipt", "output", "validators", "arbiters", "want_validators",
+                 "want_arbiters", "verdicts")
+
+    def __init__(self, id: int, input_digest: bytes, importance: float) -> None:
+        self.id = id
+        self.input_digest = input_digest
+        self.importance = importance
+        self.state = _PENDING
+        self.asserter: bytes | None = None
+        self.first_job: bytes | None = None
+        self.receipt: ReceiptRef | None = None
+        self.output: Any = None
+        # node -> (receipt, output) for validators / arbiters that answered
+        self.validators = _NO_RESULTS
+        self.arbiters = _NO_RESULTS
+        self.want_validators = _NO_NODES
+        self.want_arbiters = _NO_NODES
+        self.verdicts = _NO_VERDICTS
+
+    def start_checks(self) -> None:
+        """Own containers: validation is starting."""
+        if self.validators is _NO_RESULTS:
+            self.validators, self.arbiters = {}, {}
+            self.want_validators, self.want_arbiters = set(), set()
+            self.verdicts = []
 
 
 @dataclass(slots=True)
@@ -176,9 +202,14 @@ class _Job:
 
 ComparatorFor = Callable[[bytes, bytes], Comparator]
 _JOB_STAT = {r: f"jobs_{r.value}" for r in Role}
-_ROLE_CODE = {Role.FIRST: ord("f"), Role.VALIDATE: ord("v"), Role.ARBITRATE: ord("a")}
+# enum members as module constants: reading ``Role.FIRST`` costs a descriptor call, and
+# the per-job loops below read them once per job
+_FIRST, _VALIDATE = Role.FIRST, Role.VALIDATE
+_PENDING, _NOT_SAMPLED = State.PENDING, State.NOT_SAMPLED
+_CODE_F, _CODE_V, _CODE_A = ord("f"), ord("v"), ord("a")
 _SEEN_WINDOW = 200_000  # receipts remembered for the equivocation check
 _BATCH_WINDOW = 20_000  # batch signatures remembered as verified
+_SERIAL = 1 << 32  # a seen receipt's int: batch serial * _SERIAL + index in the batch
 
 
 class Protocol:
@@ -188,7 +219,7 @@ class Protocol:
     ``(profile_digest_a, profile_digest_b) -> Comparator`` so that a calibration can
     tighten the tolerance per pair of execution profiles. ``rng`` picks validators and
     arbiters (default: seeded from the OS); ``job_ids`` makes fresh job ids (default:
-    ``os.urandom(16)``). ``epoch_seed`` is the secret of the open epoch (default: a fresh
+    16 bytes from ``os.urandom``). ``epoch_seed`` is the secret of the open epoch (default: a fresh
     one from the OS); its commitment is written to the ledger by :meth:`open_epoch`.
     """
 
@@ -212,11 +243,17 @@ class Protocol:
             else (lambda _a, _b, c=comparator: c)  # type: ignore[misc]
         )
         self.rng = rng or random.Random(int.from_bytes(os.urandom(16), "big"))
-        self._new_id = job_ids or (lambda: os.urandom(16))
+        self._new_id = job_ids or JobIds()
         self.nodes: dict[bytes, _Node] = {}
         self._tasks: dict[int, _Task] = {}
         self._jobs: dict[bytes, _Job] = {}
-        self._seen: dict[bytes, ReceiptRef] = {}  # job id -> first receipt (equivocation)
+        # job id -> first receipt, for the equivocation check. A receipt from a verified
+        # block is kept as an int (batch serial and index) into _seen_batches rather than
+        # as an object: the window holds 200,000 of them, and ints cost the garbage
+        # collector nothing to traverse
+        self._seen: dict[bytes, ReceiptRef | int] = {}
+        self._seen_batches: dict[int, ReceiptBatch] = {}
+        self._batch_serial = 0
         self._verified_batches: dict[BatchCommitment, bytes] = {}
         self._ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._final: list[TaskResult] = []
@@ -291,11 +328,32 @@ class Protocol:
         t.first_job = a.job_id
         return a
 
+    def first_jobs(self, tasks: Sequence[int], node: bytes) -> list[bytes]:
+        """:meth:`first_job` for many tasks on one node; returns their job ids in order."""
+        if not self.is_active(node):
+            raise ConfigError(f"node {node[:4].hex()} is not active", key="node")
+        new_id = self._new_id
+        jobs = self._jobs
+        outstanding = self.nodes[node].outstanding
+        all_tasks = self._tasks
+        first = _FIRST
+        out = []
+        for task in tasks:
+            t = all_tasks[task]
+            jid = new_id()
+            t.asserter = node
+            t.first_job = jid
+            jobs[jid] = _Job(task, node, first)
+            outstanding[jid] = None
+            out.append(jid)
+        self.stats[_JOB_STAT[first]] += len(out)
+        return out
+
     def _issue(self, task: int, node: bytes, role: Role) -> Assignment:
         jid = self._new_id()
         self.stats[_JOB_STAT[role]] += 1
         self._jobs[jid] = _Job(task, node, role)
-        self.nodes[node].outstanding.add(jid)
+        self.nodes[node].outstanding[jid] = None
         return Assignment(jid, node, task, role)
 
     def job(self, job_id: bytes) -> tuple[int, bytes, Role] | None:
@@ -311,12 +369,13 @@ class Protocol:
         self,
         node: bytes,
         batch: BatchCommitment,
-        receipts: Sequence[Receipt | SignedReceipt],
+        receipts: ReceiptBlock | Sequence[Receipt | SignedReceipt],
         outputs: Sequence[Any],
     ) -> list[Assignment]:
         """Take a node's signed batch and outputs; return the follow-up jobs to dispatch.
 
-        ``receipts`` is either the whole batch as plain :class:`Receipt` objects (checked
+        ``receipts`` is the whole batch as a :class:`~posp.receipts.ReceiptBlock` (what
+        :class:`~posp.node.NodeCore` returns; the fast path), or as plain :class:`Receipt` objects (checked
         with one Merkle root recomputation and one cached signature check) or any subset
         as :class:`SignedReceipt` objects with their inclusion proofs. The commitment was
         signed before this call, so no decision about these jobs existed when the node
@@ -329,32 +388,61 @@ class Protocol:
         st = self.nodes.get(node)
         if st is None:
             raise ConfigError(f"unknown node {node[:4].hex()}", key="node")
-        refs: list[ReceiptRef | None] = self._check_receipts(node, st, batch, receipts)
+        refs: list[ReceiptRef | None] | None
+        rb: ReceiptBatch | None = None
+        if isinstance(receipts, ReceiptBlock):
+            # the hot path: the node's whole batch as columns, no receipt objects built
+            rb = self._check_block(node, st, batch, receipts)
+            refs = None
+            jids, ins, signed_outs = (receipts.job_ids, receipts.input_digests,
+                                      receipts.output_digests)
+            positions: Sequence[int] = range(len(receipts))
+        else:
+            refs = self._check_receipts(node, st, batch, receipts)
+            rs = [raw.receipt if isinstance(raw, SignedReceipt) else raw for raw in receipts]
+            jids = [r.job_id for r in rs]
+            ins = [r.input_digest for r in rs]
+            signed_outs = [r.output_digest for r in rs]
+            positions = [raw.index if isinstance(raw, SignedReceipt) else i
+                         for i, raw in enumerate(receipts)]
+        serial: int | None = None
+        if rb is not None:
+            serial = self._batch_serial
+            self._batch_serial += _SERIAL
+            self._seen_batches[serial] = rb
+        out_digests = _output_digests(outputs)
         follow: list[Assignment] = []
         firsts: list[tuple[int, _Job, ReceiptRef, Any]] = []
-        rates: list[float] = [0.0] * batch.count
-        roles = bytearray(b"-" * batch.count)  # what each position was, for the audit
+        count = batch.count
+        rates: list[float] = [0.0] * count
+        roles = bytearray(b"-" * count)  # what each position was, for the audit
         rate_cache: dict[float, float] = {}  # the policy's rate for this node, per importance
-        for idx, (raw, ref, out) in enumerate(zip(receipts, refs, outputs, strict=True)):
-            r = raw.receipt if isinstance(raw, SignedReceipt) else raw
-            jid = r.job_id
-            job = self._jobs.get(jid)
+        jobs_get = self._jobs.get
+        tasks = self._tasks
+        for idx, jid in enumerate(jids):
+            job = jobs_get(jid)
+            if refs is not None:
+                ref = refs[idx]
+            else:
+                ref = None if rb is None else ReceiptRef(None, batch=rb, index=idx)
             if job is None or job.node != node:
                 # a decoy, a job re-issued elsewhere meanwhile, or a replayed receipt
-                prior = self._seen.get(jid)
+                prior = self._prior(jid)
                 if ref is not None and prior is not None and prior.receipt.node == node:
                     self._check_equivocation(prior, ref)
                 self.stats["unmatched_receipts"] += 1
                 continue
+            out = outputs[idx]
             # the receipt must bind this job's input, and the output sent must be the
             # output signed: everything below (comparison, evidence, the user's result)
             # then rests on signed bytes
             ok = (
                 ref is not None
-                and r.input_digest == self._tasks[job.task].input_digest
-                and digest_value("output", out) == r.output_digest
+                and ins[idx] == tasks[job.task].input_digest
+                and out_digests[idx] is not None
+                and out_digests[idx] == signed_outs[idx]
             )
-            st.outstanding.discard(jid)
+            st.outstanding.pop(jid, None)
             del self._jobs[jid]
             if not ok or ref is None:
                 self.stats["bad_receipts"] += 1
@@ -362,23 +450,29 @@ class Protocol:
                 self.policy.observe(node, "fault")
                 follow.extend(self._reissue(job))
                 continue
-            self._seen[jid] = ref
-            t = self._tasks[job.task]
-            pos = raw.index if isinstance(raw, SignedReceipt) else idx
-            if 0 <= pos < batch.count:
-                roles[pos] = _ROLE_CODE[job.role]
-            if job.role is Role.FIRST:
-                rate = rate_cache.get(t.importance)
+            self._seen[jid] = ref if serial is None else serial + idx
+            t = tasks[job.task]
+            pos = positions[idx]
+            role = job.role
+            if role is _FIRST:
+                if 0 <= pos < count:
+                    roles[pos] = _CODE_F
+                imp = t.importance
+                rate = rate_cache.get(imp)
                 if rate is None:
-                    rate = rate_cache[t.importance] = self.policy.rate(node, t.importance)
+                    rate = rate_cache[imp] = self.policy.rate(node, imp)
                 rates[pos] = rate
                 firsts.append((pos, job, ref, out))
-            elif job.role is Role.VALIDATE:
+            elif role is _VALIDATE:
+                if 0 <= pos < count:
+                    roles[pos] = _CODE_V
                 t.validators[node] = (ref, out)
                 t.want_validators.discard(node)
                 if not t.want_validators:
                     follow.extend(self._judge_validation(t))
             else:
+                if 0 <= pos < count:
+                    roles[pos] = _CODE_A
                 t.arbiters[node] = (ref, out)
                 t.want_arbiters.discard(node)
                 if not t.want_arbiters:
@@ -386,6 +480,18 @@ class Protocol:
         if firsts:
             follow.extend(self._sample(node, batch, rates, firsts, bytes(roles)))
         return follow
+
+    def _check_block(self, node: bytes, st: _Node, batch: BatchCommitment,
+                     block: ReceiptBlock) -> ReceiptBatch | None:
+        """The verified batch, or None when the block does not verify (all its jobs are
+        then faults: a block stands or falls as a whole)."""
+        if batch.node != node:
+            return None
+        try:
+            return verify_block(batch, block, expected_profile_digest=st.profile,
+                                verified_batches=self._verified_batches)
+        except (BadSignature, ProfileMismatch):
+            return None
 
     def _check_receipts(
         self, node: bytes, st: _Node, batch: BatchCommitment,
@@ -438,15 +544,18 @@ class Protocol:
         )
         follow: list[Assignment] = []
         unsampled = 0
+        tasks = self._tasks
+        final = self._final
+        observe = self.policy.observe
         for i, job, s, out in firsts:
-            t = self._tasks[job.task]
+            t = tasks[job.task]
             t.receipt = s
             if not picks[i]:
                 unsampled += 1
-                t.state = State.NOT_SAMPLED
-                self.policy.observe(node, "not_sampled")
-                self._final.append(TaskResult(t.id, State.NOT_SAMPLED, node, s, out))
-                del self._tasks[t.id]
+                t.state = _NOT_SAMPLED
+                observe(node, "not_sampled")
+                final.append(TaskResult(t.id, _NOT_SAMPLED, node, s, out))
+                del tasks[t.id]
                 continue
             self.stats["sampled"] += 1
             t.output = out
@@ -469,6 +578,7 @@ class Protocol:
         if chosen is None:
             self._finish_unresolved(t, "not enough live nodes to validate")
             return []
+        t.start_checks()
         t.want_validators = set(chosen)
         return [self._issue(t.id, v, Role.VALIDATE) for v in chosen]
 
@@ -657,10 +767,18 @@ class Protocol:
         self._op("dispute", "eq-" + s.receipt.job_id.hex(), evidence)
         self._slash(node, "eq-" + s.receipt.job_id.hex(), digest_value("evidence", evidence), [])
 
+    def _prior(self, job_id: bytes) -> ReceiptRef | None:
+        """The first receipt seen for ``job_id`` (within the window), if any."""
+        v = self._seen.get(job_id)
+        if type(v) is int:
+            rb = self._seen_batches.get(v - v % _SERIAL)
+            return None if rb is None else ReceiptRef(None, batch=rb, index=v % _SERIAL)
+        return v  # type: ignore[return-value]
+
     def report_receipt(self, s: SignedReceipt) -> None:
         """Offer a receipt seen elsewhere (e.g. a gossip of a node's earlier batch);
         a conflicting signed receipt for a known job is slashed as equivocation."""
-        prior = self._seen.get(s.receipt.job_id)
+        prior = self._prior(s.receipt.job_id)
         if prior is not None and prior.receipt.node == s.receipt.node:
             self._check_equivocation(prior, ReceiptRef.of(s))
 
@@ -695,7 +813,7 @@ class Protocol:
             if job is None or job.node != node:
                 continue
             del self._jobs[jid]
-            st.outstanding.discard(jid)
+            st.outstanding.pop(jid, None)
             out.extend(self._reissue(job))
         return out
 
@@ -704,7 +822,7 @@ class Protocol:
         out: list[Assignment] = []
         for jid in list(st.outstanding):
             job = self._jobs.pop(jid, None)
-            st.outstanding.discard(jid)
+            st.outstanding.pop(jid, None)
             if job is not None:
                 out.extend(self._reissue(job))
         return out
@@ -774,11 +892,34 @@ class Protocol:
     def _prune(self, r: TaskResult) -> None:
         """Forget what a settled task needed; keep a bounded window of receipts for the
         equivocation check, and of verified batch signatures."""
-        if len(self._seen) > _SEEN_WINDOW:
+        if len(self._seen) > _SEEN_WINDOW + _SEEN_WINDOW // 8:  # in bulk, now and then
             for jid in list(itertools.islice(self._seen, len(self._seen) - _SEEN_WINDOW)):
                 del self._seen[jid]
+            # batches older than the oldest receipt still remembered are not needed
+            oldest = next((v for v in self._seen.values() if type(v) is int), None)
+            keep = self._batch_serial if oldest is None else oldest - oldest % _SERIAL
+            for serial in [k for k in self._seen_batches if k < keep]:
+                del self._seen_batches[serial]
         if len(self._verified_batches) > _BATCH_WINDOW:
             self._verified_batches.clear()
+
+
+def _output_digests(outputs: Sequence[Any]) -> list[bytes | None]:
+    """Each output's digest, None for one that cannot be digested (a fault, not a crash)."""
+    try:
+        return list(digest_many("output", outputs))
+    except _UNDIGESTABLE:
+        pass
+    out: list[bytes | None] = []
+    for o in outputs:
+        try:
+            out.append(digest_value("output", o))
+        except _UNDIGESTABLE:
+            out.append(None)
+    return out
+
+
+_UNDIGESTABLE = (MalformedMessage, ConfigError, TypeError, ValueError, OverflowError)
 
 
 def _finite(x: float) -> float:

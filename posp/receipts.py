@@ -27,6 +27,7 @@ under another profile); it never returns a bool.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import os
 import platform as _platform
@@ -64,17 +65,21 @@ __all__ = [
     "JOB_ID_BYTES",
     "BatchCommitment",
     "ExecutionProfile",
+    "JobIds",
     "Receipt",
     "ReceiptBatch",
+    "ReceiptBlock",
     "ReceiptRef",
     "SignedReceipt",
     "capture_profile",
     "commit_batch",
+    "commit_block",
     "job_id_from_seed",
     "new_job_id",
     "prove_equivocation",
     "sign_batch",
     "verify_batch",
+    "verify_block",
     "verify_receipt",
     "verify_whole_batch",
 ]
@@ -314,6 +319,139 @@ class Receipt(Record):
         return digest("receipt", encode_flat(self.to_wire()))
 
 
+# msgpack framing of a receipt's wire form around its per-job fields (see ReceiptBlock)
+_R_HEAD = b"\x98\xa7receipt\x01\xc4\x10"  # fixarray(8), "receipt", version 1, bin8(16)
+_R_BIN32 = b"\xc4\x20"  # bin8(32): every digest field
+_R_PREFIX = b"posp/receipt\x00"  # digest("receipt", ...) framing
+
+
+def _uint_wire(v: int) -> bytes:
+    """msgpack's (canonical, smallest) encoding of an unsigned int."""
+    if v < 0x80:
+        return bytes((v,))
+    if v < 0x100:
+        return b"\xcc" + v.to_bytes(1, "big")
+    if v < 0x10000:
+        return b"\xcd" + v.to_bytes(2, "big")
+    if v < 0x1_0000_0000:
+        return b"\xce" + v.to_bytes(4, "big")
+    return b"\xcf" + v.to_bytes(8, "big")
+
+
+class ReceiptBlock(Sequence[Receipt]):
+    """A whole batch's receipts in columnar form: what a node sends back with a batch.
+
+    The receipts of one batch share their node, their profile digest and consecutive
+    sequence numbers, so per job only the job id, the input digest and the output
+    digest are held. The block is a read-only sequence of :class:`Receipt` (built on
+    access); :meth:`leaves` computes every receipt's Merkle leaf straight from the
+    columns, byte-identical to ``Receipt.digest()`` (a test pins it). It pickles as
+    three byte strings, which is how a batch's receipts cross Ray.
+    """
+
+    __slots__ = ("node", "profile_digest", "seq0", "job_ids", "input_digests",
+                 "output_digests", "_leaves")
+
+    def __init__(self, node: bytes, profile_digest: bytes, seq0: int,
+                 job_ids: Sequence[bytes], input_digests: Sequence[bytes],
+                 output_digests: Sequence[bytes]) -> None:
+        _need_bytes(node, 32, "block.node")
+        _need_bytes(profile_digest, 32, "block.profile_digest")
+        n = len(job_ids)
+        _need_uint(seq0, "block.seq0")
+        _need_uint(seq0 + n, "block.seq0")
+        if len(input_digests) != n or len(output_digests) != n:
+            raise MalformedMessage("one input and one output digest per job id", field="block")
+        for name, col, size in (("job_ids", job_ids, JOB_ID_BYTES),
+                                ("input_digests", input_digests, 32),
+                                ("output_digests", output_digests, 32)):
+            if not all(type(x) is bytes and len(x) == size for x in col):
+                raise MalformedMessage(f"every item is {size} bytes", field=f"block.{name}")
+        self.node = node
+        self.profile_digest = profile_digest
+        self.seq0 = seq0
+        self.job_ids = list(job_ids)
+        self.input_digests = list(input_digests)
+        self.output_digests = list(output_digests)
+        self._leaves: list[bytes] | None = None
+
+    @classmethod
+    def of(cls, receipts: Sequence[Receipt]) -> ReceiptBlock | None:
+        """The block holding exactly ``receipts``, or None when they do not share one
+        node and profile with consecutive sequence numbers."""
+        if not receipts or not all(type(r) is Receipt for r in receipts):
+            return None
+        r0 = receipts[0]
+        for i, r in enumerate(receipts):
+            if (r.node != r0.node or r.profile_digest != r0.profile_digest
+                    or r.seq != r0.seq + i):
+                return None
+        return cls(r0.node, r0.profile_digest, r0.seq,
+                   [r.job_id for r in receipts], [r.input_digest for r in receipts],
+                   [r.output_digest for r in receipts])
+
+    def __len__(self) -> int:
+        return len(self.job_ids)
+
+    def receipt(self, i: int) -> Receipt:
+        return Receipt(job_id=self.job_ids[i], node=self.node,
+                       input_digest=self.input_digests[i],
+                       output_digest=self.output_digests[i],
+                       profile_digest=self.profile_digest, seq=self.seq0 + i)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.receipt(k) for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("receipt index out of range")
+        return self.receipt(i % n)
+
+    def leaves(self) -> list[bytes]:
+        """Every receipt's Merkle leaf, ``Receipt.digest()``, computed from the columns."""
+        if self._leaves is None:
+            sha = hashlib.sha256
+            mid = _R_BIN32 + self.node + _R_BIN32
+            tail = _R_BIN32 + self.profile_digest
+            pre = _R_PREFIX + _R_HEAD
+            seq = self.seq0
+            out = []
+            for j, i, o in zip(self.job_ids, self.input_digests, self.output_digests,
+                               strict=True):
+                out.append(sha(b"".join((pre, j, mid, i, _R_BIN32, o, tail,
+                                         _uint_wire(seq)))).digest())
+                seq += 1
+            self._leaves = out
+        return self._leaves
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_block_from_wire, (self.node, self.profile_digest, self.seq0,
+                                   b"".join(self.job_ids), b"".join(self.input_digests),
+                                   b"".join(self.output_digests)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ReceiptBlock):
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ReceiptBlock(node={self.node.hex()[:16]}…, jobs={len(self)}, seq0={self.seq0})"
+
+
+def _split(blob: Any, size: int, name: str) -> list[bytes]:
+    if type(blob) is not bytes or len(blob) % size:
+        raise MalformedMessage(f"a concatenation of {size}-byte items", field=f"block.{name}")
+    return [blob[i : i + size] for i in range(0, len(blob), size)]
+
+
+def _block_from_wire(node: bytes, profile: bytes, seq0: int, jids: bytes, ins: bytes,
+                     outs: bytes) -> ReceiptBlock:
+    return ReceiptBlock(node, profile, seq0, _split(jids, JOB_ID_BYTES, "job_ids"),
+                        _split(ins, 32, "input_digests"), _split(outs, 32, "output_digests"))
+
+
 def _header_digest(node: bytes, batch_seq: int, count: int, root: bytes) -> bytes:
     header = [BatchCommitment.TAG, BatchCommitment.VERSION, node, batch_seq, count, root]
     return digest("batch", encode(header))
@@ -459,6 +597,27 @@ def _commit(
     return batch, leaves
 
 
+def commit_block(key: NodeKey, block: ReceiptBlock, *, batch_seq: int) -> BatchCommitment:
+    """:func:`commit_batch` for a :class:`ReceiptBlock` (a node's hot path): the leaves
+    come straight from the columns, one Merkle root, one signature."""
+    if not len(block):
+        raise ConfigError("cannot sign an empty batch", key="receipts")
+    _need_uint(batch_seq, "batch_seq")
+    node = bytes(key.public)
+    if block.node != node:
+        raise ConfigError(
+            f"block names node {block.node[:4].hex()}, not the signing key {key.public.short}",
+            key="block.node",
+        )
+    if len(set(block.job_ids)) != len(block):
+        raise ConfigError("a job id appears twice in the batch", key="block.job_ids")
+    count = len(block)
+    root = merkle_root(block.leaves())
+    signature = key.sign(_header_digest(node, batch_seq, count, root))
+    return BatchCommitment(node=node, batch_seq=batch_seq, count=count, root=root,
+                           signature=signature)
+
+
 class ReceiptBatch:
     """A verified whole batch: its commitment, its receipts, their leaf digests.
 
@@ -471,7 +630,9 @@ class ReceiptBatch:
     def __init__(self, batch: BatchCommitment, receipts: Sequence[Receipt],
                  leaves: Sequence[bytes]) -> None:
         self.batch = batch
-        self.receipts = tuple(receipts)
+        # a ReceiptBlock stays columnar (receipts built on access); a list becomes a tuple
+        self.receipts: Sequence[Receipt] = (
+            receipts if isinstance(receipts, ReceiptBlock) else tuple(receipts))
         self._leaves = list(leaves)
         self._levels: list[list[bytes]] | None = None
 
@@ -483,17 +644,35 @@ class ReceiptBatch:
 
 
 class ReceiptRef:
-    """One job's receipt as the coordinator holds it: the receipt now, its portable
-    :class:`SignedReceipt` (with proof) when asked."""
+    """One job's receipt as the coordinator holds it: the receipt (built on first access
+    when it sits in a :class:`ReceiptBlock`), its portable :class:`SignedReceipt` (with
+    proof) when asked."""
 
-    __slots__ = ("receipt", "_rb", "_index", "_signed")
+    __slots__ = ("_receipt", "_rb", "_index", "_signed")
 
-    def __init__(self, receipt: Receipt, *, batch: ReceiptBatch | None = None, index: int = 0,
-                 signed: SignedReceipt | None = None) -> None:
-        self.receipt = receipt
+    def __init__(self, receipt: Receipt | None, *, batch: ReceiptBatch | None = None,
+                 index: int = 0, signed: SignedReceipt | None = None) -> None:
+        if receipt is None and batch is None:
+            raise ConfigError("a receipt or its batch is needed", key="receipt")
+        self._receipt = receipt
         self._rb = batch
         self._index = index
         self._signed = signed
+
+    @property
+    def receipt(self) -> Receipt:
+        r = self._receipt
+        if r is None:
+            assert self._rb is not None
+            r = self._receipt = self._rb.receipts[self._index]
+        return r
+
+    @property
+    def job_id(self) -> bytes:
+        """The receipt's job id, without building the receipt."""
+        if self._receipt is None and isinstance(self._rb.receipts, ReceiptBlock):  # type: ignore[union-attr]
+            return self._rb.receipts.job_ids[self._index]  # type: ignore[union-attr]
+        return self.receipt.job_id
 
     @classmethod
     def of(cls, signed: SignedReceipt) -> ReceiptRef:
@@ -506,7 +685,8 @@ class ReceiptRef:
         return self._signed
 
     def __repr__(self) -> str:
-        return f"ReceiptRef(job={self.receipt.job_id.hex()[:12]}, node={self.receipt.node.hex()[:8]})"
+        r = self.receipt
+        return f"ReceiptRef(job={r.job_id.hex()[:12]}, node={r.node.hex()[:8]})"
 
 
 def verify_whole_batch(
@@ -531,6 +711,30 @@ def verify_whole_batch(
     for r in receipts:
         _check_profile(r, expected_profile_digest)
     return ReceiptBatch(batch, receipts, leaves)
+
+
+def verify_block(
+    batch: BatchCommitment,
+    block: ReceiptBlock,
+    *,
+    expected_profile_digest: bytes | None = None,
+    verified_batches: MutableMapping[BatchCommitment, bytes] | None = None,
+) -> ReceiptBatch:
+    """:func:`verify_whole_batch` for a :class:`ReceiptBlock`: one root recomputation from
+    the columns and one (cached) signature check, without building a receipt object."""
+    if type(block) is not ReceiptBlock:
+        raise BadSignature("not a ReceiptBlock")
+    if len(block) != batch.count:
+        raise BadSignature(f"batch signs {batch.count} receipts, got {len(block)}")
+    if block.node != batch.node:
+        raise BadSignature("the block names another node than the batch's signer")
+    leaves = block.leaves()
+    if merkle_root(leaves) != batch.root:
+        raise BadSignature("receipts do not hash to the signed root")
+    _verify_batch_cached(batch, verified_batches)
+    if expected_profile_digest is not None and block.profile_digest != expected_profile_digest:
+        _check_profile(block.receipt(0), expected_profile_digest)
+    return ReceiptBatch(batch, block, leaves)
 
 
 def sign_batch(
@@ -638,6 +842,25 @@ def verify_batch(
 def new_job_id() -> bytes:
     """A fresh 16-byte job id from the operating system's randomness."""
     return os.urandom(JOB_ID_BYTES)
+
+
+class JobIds:
+    """A source of fresh 16-byte job ids from the operating system's randomness, drawn
+    4 KiB at a time (one system call per 256 ids instead of one per id)."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = os.urandom(256 * JOB_ID_BYTES)
+            pos = 0
+        self._pos = pos + JOB_ID_BYTES
+        return self._buf[pos : pos + JOB_ID_BYTES]
 
 
 class _BytesRng(Protocol):

@@ -211,6 +211,11 @@ def _check_rate(rate: float, key: str) -> float:
 
 def rates_to_ppb(rates: Sequence[float] | np.ndarray) -> list[int]:
     """Rates in [0, 1] as integer parts per billion (round half to even), for the ledger."""
+    if type(rates) is list and rates:
+        r0 = rates[0]
+        if type(r0) is float and 0.0 <= r0 <= 1.0 and rates.count(r0) == len(rates):
+            # one rate for the whole batch (the common case): converted once
+            return [int(np.rint(r0 * PPB))] * len(rates)
     arr = np.asarray(rates, dtype=np.float64).reshape(-1)
     if arr.size and not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
         bad = arr[~((arr >= 0.0) & (arr <= 1.0))][0]
@@ -227,6 +232,8 @@ def ppb_to_rates(ppb: Sequence[int] | np.ndarray) -> list[float]:
 
 
 def _check_ppb(ppb: Sequence[int] | np.ndarray) -> list[int]:
+    if type(ppb) is list and all(type(v) is int and 0 <= v <= PPB for v in ppb):
+        return ppb
     vals = []
     for v in np.asarray(ppb).reshape(-1).tolist():
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= PPB:
@@ -257,6 +264,8 @@ def decide(
     if not levels:
         return []
     x = decision_ints(seed, commitment, len(levels))
+    if levels.count(levels[0]) == len(levels):  # one rate for the batch: one threshold
+        return (x < np.uint64(-((-levels[0] * _TWO53) // PPB))).tolist()
     # threshold t = ceil(ppb * 2**53 / 1e9): for integer x, x*1e9 < ppb*2**53  <=>  x < t.
     # Computed in Python ints (exact) once per distinct rate.
     uniq, inverse = np.unique(np.asarray(levels, dtype=np.int64), return_inverse=True)

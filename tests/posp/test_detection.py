@@ -48,15 +48,16 @@ def one_run(seed: int, tasks: int = 2400) -> int | None:
         job_ids=lambda: rng.randbytes(16), epoch_seed=EpochSeed(rng.randbytes(32)),
     )
     ordinal: dict[bytes, int] = {}
-    first_job = proto.first_job
+    first_jobs = proto.first_jobs
 
-    def counting_first_job(task, node):
-        a = first_job(task, node)
+    def counting_first_jobs(tasks, node):
+        ids = first_jobs(tasks, node)
         if node == cheater:
-            ordinal[a.job_id] = len(ordinal) + 1
-        return a
+            for jid in ids:
+                ordinal[jid] = len(ordinal) + 1
+        return ids
 
-    proto.first_job = counting_first_job  # type: ignore[method-assign]
+    proto.first_jobs = counting_first_jobs  # type: ignore[method-assign]
     drv = LocalDriver(nodes, proto, batch_size=64, rng=random.Random(seed + 1))
     g = np.random.default_rng(seed)
     outs = drv.run([g.standard_normal(4).astype(np.float32) for _ in range(tasks)])
