@@ -7,6 +7,20 @@
   ledger. Raw and posp runs alternate, and each figure is the median of ``--repeats``.
   Reports the ratio posp/raw beside the ideal 1/(1+p) and the coordinator's CPU
   microseconds per job.
+* Two raw baselines. ``raw``: each batch sent as it is, a list of per-job arrays (what
+  the issue's target is stated against). ``raw_stacked``: each batch stacked into one
+  array each way, the best plain Ray can do. posp sends same-shape inputs and outputs
+  stacked, which saves Ray about 1-2 ms of driver CPU per batch against the list form;
+  ``ratio_vs_stacked`` shows posp's cost with that transport gain taken out.
+* What a ``map`` call costs once rather than per job, reported apart (``Cluster.last_map``):
+  ``startup_s`` (to the first batch sent) and ``tail_s`` (from the last first execution's
+  result to the return: the re-executions of the last sampled tasks, the last commit).
+  The default run (200 batches, 12,800 jobs a call) makes them a few per cent; short runs
+  (``--batches 60``) mostly measure them.
+* Each timed run starts from a full garbage collection (raw and posp alike), so that a
+  generation-2 collection of the whole heap (0.2-0.3 s here: torch and Ray are loaded)
+  does not land on whichever run happens to cross the threshold; the collections that
+  still fall inside timed runs are reported (``gc2_s``).
 * Tiny jobs (well under 20 us of compute): posp's batching vs one Ray call per job.
 
     .venv/bin/python benchmarks/bench_cluster.py --json out/bench_cluster.json \
@@ -16,6 +30,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -46,6 +61,10 @@ class RawNode:
     def compute(self, inputs):
         return self.run(inputs)
 
+    def compute_stacked(self, stacked):
+        """The best plain Ray can do with a batch: one stacked array each way."""
+        return np.stack(self.run(list(stacked)))
+
 
 class Tiny:
     """A workload of about 1-2 us of numpy compute per job."""
@@ -58,10 +77,30 @@ class Tiny:
 
 
 LAST_RAW_CPU = [0.0]
+GC2_S = [0.0]  # generation-2 collection time since the last reset
+_GC2_START = [0.0]
 
 
-def raw_throughput(actors, batches, in_flight: int) -> float:
-    """Jobs/s of plain actor calls; the driver's CPU seconds land in LAST_RAW_CPU."""
+def _gc2_clock(phase: str, info: dict[str, int]) -> None:
+    if info.get("generation") != 2:
+        return
+    if phase == "start":
+        _GC2_START[0] = time.perf_counter()
+    else:
+        GC2_S[0] += time.perf_counter() - _GC2_START[0]
+
+
+def fresh_heap() -> None:
+    """A full collection before a timed run, and the generation-2 clock reset."""
+    gc.collect()
+    GC2_S[0] = 0.0
+
+
+def raw_throughput(actors, batches, in_flight: int, *, stacked: bool = False) -> float:
+    """Jobs/s of plain actor calls; the driver's CPU seconds land in LAST_RAW_CPU.
+
+    ``stacked``: each batch is sent as one stacked array (stacked in the timed loop, as
+    posp stacks) and comes back as one, rather than as a list of per-job arrays."""
     c0 = time.process_time()
     t0 = time.perf_counter()
     pending = []
@@ -70,7 +109,10 @@ def raw_throughput(actors, batches, in_flight: int) -> float:
     i = 0
     while queue or pending:
         while queue and len(pending) < in_flight * len(actors):
-            pending.append(actors[i % len(actors)].compute.remote(queue.pop(0)))
+            a = actors[i % len(actors)]
+            b = queue.pop(0)
+            pending.append(a.compute_stacked.remote(np.stack(b)) if stacked
+                           else a.compute.remote(b))
             i += 1
         done, pending = ray.wait(pending, num_returns=1)
         ray.get(done)
@@ -80,7 +122,7 @@ def raw_throughput(actors, batches, in_flight: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, default=60, help="batches of 64 per measurement")
+    ap.add_argument("--batches", type=int, default=200, help="batches of 64 per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rates", default="0,0.01,0.05,0.1,0.2")
     ap.add_argument("--tiny-jobs", type=int, default=3000)
@@ -99,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                  "jobs_per_run": len(inputs), "in_flight_per_node": in_flight, "rates": {}}
     raws = [RawNode.options(num_cpus=1).remote(WorkloadFactory("mlp"), 1) for _ in range(2)]
     ray.get([a.compute.remote(batches[0][:2]) for a in raws])  # warm
-    results: dict[float, dict[str, list[float]]] = {p: {"raw": [], "posp": [], "cpu": []}
-                                                    for p in rates}
+    keys = ("raw", "raw_stacked", "posp", "cpu", "tail", "startup", "decoys", "gc2_raw", "gc2_posp")
+    results: dict[float, dict[str, list[float]]] = {p: {k: [] for k in keys} for p in rates}
+    gc.callbacks.append(_gc2_clock)
     clusters = {}
     try:
         for p in rates:
@@ -113,13 +156,25 @@ def main(argv: list[str] | None = None) -> int:
             clusters[p].map(inputs[:batch])  # warm the node actors
         for rep in range(args.repeats):
             for p in rates:
+                fresh_heap()
                 results[p]["raw"].append(raw_throughput(raws, batches, in_flight))
+                results[p]["gc2_raw"].append(GC2_S[0])
                 raw_cpu = LAST_RAW_CPU[0]
+                fresh_heap()
+                results[p]["raw_stacked"].append(
+                    raw_throughput(raws, batches, in_flight, stacked=True))
                 c = clusters[p]
+                fresh_heap()
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 c.map(inputs)
                 dt = time.perf_counter() - t0
+                results[p]["gc2_posp"].append(GC2_S[0])
                 results[p]["posp"].append(len(inputs) / dt)
+                stats = c.last_map
+                assert stats is not None
+                results[p]["tail"].append(stats.tail_s)
+                results[p]["startup"].append(stats.startup_s)
+                results[p]["decoys"].append(stats.decoys)
                 # the driver process's CPU (Ray's threads included) beyond what raw Ray
                 # spent on the same batches: what posp's coordinator adds per job
                 extra = (time.process_time() - cpu0) - raw_cpu
@@ -127,19 +182,34 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rep {rep} p={p:<5} raw {results[p]['raw'][-1]:8.0f} jobs/s  "
                       f"posp {results[p]['posp'][-1]:8.0f} jobs/s  "
                       f"ratio {results[p]['posp'][-1] / results[p]['raw'][-1]:.3f}  "
-                      f"coord {results[p]['cpu'][-1]:.1f} us/job", flush=True)
+                      f"(vs stacked raw {results[p]['posp'][-1] / results[p]['raw_stacked'][-1]:.3f})  "
+                      f"coord {results[p]['cpu'][-1]:.1f} us/job  "
+                      f"tail {stats.tail_s * 1e3:.0f} ms  start {stats.startup_s * 1e3:.0f} ms  "
+                      f"gc2 {GC2_S[0] * 1e3:.0f} ms", flush=True)
     finally:
+        gc.callbacks.remove(_gc2_clock)
         for c in clusters.values():
             c.close()
     for p in rates:
         raw = statistics.median(results[p]["raw"])
         posp = statistics.median(results[p]["posp"])
         ratios = [a / b for a, b in zip(results[p]["posp"], results[p]["raw"], strict=True)]
+        ratios_st = [a / b for a, b in zip(results[p]["posp"], results[p]["raw_stacked"],
+                                           strict=True)]
         out["rates"][str(p)] = {
             "raw_jobs_per_s": raw, "posp_jobs_per_s": posp,
+            "raw_stacked_jobs_per_s": statistics.median(results[p]["raw_stacked"]),
             "ratio": statistics.median(ratios), "ratios": ratios,
+            # against plain Ray sending each batch as one stacked array (as posp does)
+            "ratio_vs_stacked": statistics.median(ratios_st), "ratios_vs_stacked": ratios_st,
             "ideal": 1 / (1 + p), "of_ideal": statistics.median(ratios) * (1 + p),
             "coordinator_us_per_job": statistics.median(results[p]["cpu"]),
+            # once per map call, not per job (medians over the repeats)
+            "tail_s_per_call": statistics.median(results[p]["tail"]),
+            "startup_s_per_call": statistics.median(results[p]["startup"]),
+            "decoys_per_call": statistics.median(results[p]["decoys"]),
+            "posp_s_per_call": len(inputs) / posp,
+            "gc2_s": {"raw": sum(results[p]["gc2_raw"]), "posp": sum(results[p]["gc2_posp"])},
         }
     # tiny jobs: batching vs one Ray call per job
     tiny_inputs = [np.full(4, i, np.float32) for i in range(args.tiny_jobs)]
@@ -158,12 +228,15 @@ def main(argv: list[str] | None = None) -> int:
                    "posp_sample_rate": 0.05}
     ray.shutdown()
     print()
-    print(f"{'p':>6} {'raw jobs/s':>11} {'posp jobs/s':>12} {'ratio':>7} {'ideal':>7} "
-          f"{'of ideal':>9} {'coord us/job':>13}")
+    print(f"{'p':>6} {'raw jobs/s':>11} {'posp jobs/s':>12} {'ratio':>7} {'vs stacked':>11} "
+          f"{'ideal':>7} {'of ideal':>9} {'coord us/job':>13} {'tail ms/call':>13} "
+          f"{'start ms/call':>14}")
     for p, r in out["rates"].items():
         print(f"{p:>6} {r['raw_jobs_per_s']:11.0f} {r['posp_jobs_per_s']:12.0f} "
-              f"{r['ratio']:7.3f} {r['ideal']:7.3f} {r['of_ideal']:9.3f} "
-              f"{r['coordinator_us_per_job']:13.1f}")
+              f"{r['ratio']:7.3f} {r['ratio_vs_stacked']:11.3f} {r['ideal']:7.3f} "
+              f"{r['of_ideal']:9.3f} "
+              f"{r['coordinator_us_per_job']:13.1f} {r['tail_s_per_call'] * 1e3:13.0f} "
+              f"{r['startup_s_per_call'] * 1e3:14.0f}")
     t = out["tiny"]
     print(f"tiny jobs: one Ray call per job {t['ray_call_per_job_jobs_per_s']:.0f} jobs/s, "
           f"posp batched (p=0.05, verified) {t['posp_batched_jobs_per_s']:.0f} jobs/s: "

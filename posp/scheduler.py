@@ -19,21 +19,51 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .digest import digest_value
+from .digest import digest_many, digest_value
 from .node import BatchResult, Job, NodeCore
 from .protocol import Assignment, Protocol, State, TaskResult
+from .receipts import JobIds
 
 __all__ = ["Batch", "LocalDriver", "Outcome", "Scheduler"]
 
 
-@dataclass(frozen=True)
-class Batch:
-    """A batch for one node: the jobs it receives, and which of them are decoys."""
+_RECENT = 256  # recent (node, input) pairs kept as the decoy pool
 
-    node: bytes
-    jobs: tuple[Job, ...]
-    decoys: frozenset[bytes]
-    firsts: int = 0  # how many are first executions (the coordinator's bookkeeping)
+
+class Batch:
+    """A batch for one node: its jobs' ids and inputs (two parallel tuples, what the
+    node actor receives), which of them are decoys, and which are first executions
+    (the coordinator's bookkeeping, never sent). ``jobs`` gives them as
+    :class:`~posp.node.Job` messages."""
+
+    __slots__ = ("node", "job_ids", "inputs", "decoys", "first_ids")
+
+    def __init__(self, node: bytes, job_ids: Sequence[bytes], inputs: Sequence[Any],
+                 decoys: frozenset[bytes] = frozenset(),
+                 first_ids: Sequence[bytes] = ()) -> None:
+        if len(job_ids) != len(inputs):
+            raise ValueError("one input per job id")
+        self.node = node
+        self.job_ids = tuple(job_ids)
+        self.inputs = tuple(inputs)
+        self.decoys = decoys
+        self.first_ids = tuple(first_ids)
+
+    @property
+    def firsts(self) -> int:
+        """How many of the jobs are first executions."""
+        return len(self.first_ids)
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        return tuple(Job(j, x) for j, x in zip(self.job_ids, self.inputs, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.job_ids)
+
+    def __repr__(self) -> str:
+        return (f"Batch(node={self.node.hex()[:8]}, jobs={len(self)}, firsts={self.firsts}, "
+                f"decoys={len(self.decoys)})")
 
 
 @dataclass(frozen=True)
@@ -67,11 +97,11 @@ class Scheduler:
         self.protocol = protocol
         self.batch_size = batch_size
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
-        self._new_id = job_ids or (lambda: os.urandom(16))
+        self._new_id = job_ids or JobIds()
         self._fresh: deque[int] = deque()  # tasks waiting for a first execution
         self._follow: dict[bytes, deque[Assignment]] = {}
         self.inputs: dict[int, Any] = {}
-        self._recent: deque[tuple[bytes, Any]] = deque(maxlen=256)  # (first node, input)
+        self._recent: deque[tuple[bytes, Any]] = deque(maxlen=_RECENT)  # (first node, input)
         self.decoys_sent = 0
         self.reserve = max(1, batch_size // 2)
         # (re-executions, first executions, decoys) of recent batches, for inspection
@@ -83,6 +113,17 @@ class Scheduler:
         self._fresh.append(tid)
         return tid
 
+    def add_tasks(self, values: Sequence[Any],
+                  importance: Sequence[float] | None = None) -> list[int]:
+        """:meth:`add_task` for many inputs, their digests taken in one pass."""
+        digests = digest_many("input", values)
+        new_task = self.protocol.new_task
+        tids = [new_task(d, importance=1.0 if importance is None else importance[i])
+                for i, d in enumerate(digests)]
+        self.inputs.update(zip(tids, values, strict=True))
+        self._fresh.extend(tids)
+        return tids
+
     def add_follow_ups(self, assignments: Iterable[Assignment]) -> None:
         for a in assignments:
             # re-issued first executions go to their named node like follow-ups
@@ -90,6 +131,10 @@ class Scheduler:
 
     def has_fresh(self) -> bool:
         return bool(self._fresh)
+
+    def fresh_count(self) -> int:
+        """How many added tasks still wait for their first execution."""
+        return len(self._fresh)
 
     def has_work(self) -> bool:
         """New tasks, or re-executions queued for a node that can still take them."""
@@ -108,52 +153,79 @@ class Scheduler:
 
         While dispatched tasks are still open, the last ``batch_size // 2`` new tasks are
         held in reserve for batches that carry re-executions, so that those travel among real
-        first executions instead of decoys. ``force`` releases the reserve (the caller
-        does so when nothing else can run)."""
-        jobs: list[Job] = []
+        first executions instead of decoys. Such a batch takes from the reserve only as many
+        new tasks as a decoy batch would hold decoys, so that the reserve lasts for several
+        rounds of re-executions and none of them waits behind a long batch of new tasks.
+        ``force`` releases the reserve, a node's share of it at a time (the caller does so
+        when a node would otherwise run out of work)."""
+        ids: list[bytes] = []
+        xs: list[Any] = []
+        inputs = self.inputs
         q = self._follow.get(node)
         n_follow = 0
-        while q and len(jobs) < self.batch_size:
-            a = q.popleft()
-            if not self.protocol.is_active(node) or self.protocol.job(a.job_id) is None:
-                continue
-            jobs.append(Job(a.job_id, self.inputs[a.task]))
-            n_follow += 1
-        n_first = 0
-        room = self.batch_size - len(jobs)
+        if q:
+            active = self.protocol.is_active(node)
+            job = self.protocol.job
+            while q and n_follow < self.batch_size:
+                a = q.popleft()
+                if not active or job(a.job_id) is None:
+                    continue
+                ids.append(a.job_id)
+                xs.append(inputs[a.task])
+                n_follow += 1
+        room = self.batch_size - n_follow
         open_work = self.protocol.pending_tasks > len(self._fresh)
-        if open_work and not force and not n_follow:
-            # keep a reserve of new tasks for the batches that will carry re-executions
-            # (they take from it freely), so those travel among real first executions
-            room = min(room, max(0, len(self._fresh) - self.reserve))
-        while self._fresh and n_first < room:
-            tid = self._fresh.popleft()
-            a = self.protocol.first_job(tid, node)
-            jobs.append(Job(a.job_id, self.inputs[tid]))
-            self._recent.append((node, self.inputs[tid]))
-            n_first += 1
+        if open_work:
+            # keep a reserve of new tasks for the batches that will carry re-executions,
+            # so those travel among real first executions; they dip into it sparingly
+            free = max(0, len(self._fresh) - self.reserve)
+            if force:  # released: each node its share, so that they finish together
+                live = max(1, len(self.protocol.live_nodes()))
+                free += -(-self.reserve // live)
+            elif n_follow:
+                free += self._padding(n_follow)
+            room = min(room, free)
+        first_ids: list[bytes] = []
+        take = min(room, len(self._fresh))
+        if take > 0:
+            fresh = self._fresh
+            tids = [fresh.popleft() for _ in range(take)]
+            first_ids = self.protocol.first_jobs(tids, node)
+            ids.extend(first_ids)
+            new_xs = [inputs[t] for t in tids]
+            xs.extend(new_xs)
+            self._recent.extend([(node, x) for x in new_xs[-_RECENT:]])
+        n_first = len(first_ids)
         decoys: set[bytes] = set()
         if n_follow and not n_first:
             # the tail of a run: pad to a full-looking batch with decoys
             # a small batch like the last partial batch of any run: as many decoys as
             # real jobs (at least 4 jobs in all), so batch size says nothing of the role
-            want = min(self.batch_size, max(n_follow * 2, 4)) - len(jobs)
+            want = self._padding(n_follow)
             # never an input this node ran itself: seeing one again would mark the batch
             pool = [x for n, x in self._recent if n != node]
             if not pool:
-                pool = [x for _n, x in self._recent] or [j.input for j in jobs]
+                pool = [x for _n, x in self._recent] or list(xs)
             for _ in range(max(0, want)):
                 jid = self._new_id()
                 decoys.add(jid)
-                jobs.append(Job(jid, self.rng.choice(pool)))
-            self.rng.shuffle(jobs)
+                ids.append(jid)
+                xs.append(self.rng.choice(pool))
             self.decoys_sent += len(decoys)
-        elif n_follow:
-            self.rng.shuffle(jobs)
-        if not jobs:
+        if n_follow:
+            order = list(range(len(ids)))
+            self.rng.shuffle(order)
+            ids = [ids[i] for i in order]
+            xs = [xs[i] for i in order]
+        if not ids:
             return None
         self.log.append((n_follow, n_first, len(decoys)))
-        return Batch(node, tuple(jobs), frozenset(decoys), n_first)
+        return Batch(node, ids, xs, frozenset(decoys), first_ids)
+
+    def _padding(self, n_follow: int) -> int:
+        """How many jobs go beside ``n_follow`` re-executions in a batch at the tail: as
+        many again, at least 4 jobs in all, at most a full batch."""
+        return max(0, min(self.batch_size, max(n_follow * 2, 4)) - n_follow)
 
     def forget(self, task: int) -> None:
         self.inputs.pop(task, None)
@@ -190,10 +262,7 @@ class LocalDriver:
             ) -> list[Outcome]:
         """Submit every input; return outcomes in submission order once all are settled."""
         self.protocol.require_verifiable()
-        tids = [
-            self.scheduler.add_task(x, importance=1.0 if importance is None else importance[i])
-            for i, x in enumerate(inputs)
-        ]
+        tids = self.scheduler.add_tasks(inputs, importance)
         done: dict[int, Outcome] = {}
         order = list(self.nodes)
         force = False
@@ -213,7 +282,7 @@ class LocalDriver:
                 # decoys travel on to the protocol too: it ignores jobs it did not
                 # issue, and a whole batch is checked with one root recomputation
                 follow = self.protocol.on_batch(
-                    node_id, res.batch, list(res.receipts), list(res.outputs)
+                    node_id, res.batch, res.receipts, res.outputs
                 )
                 self.scheduler.add_follow_ups(follow)
                 self.scheduler.add_follow_ups(self.protocol.take_reissued())

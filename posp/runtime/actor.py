@@ -14,7 +14,7 @@ from typing import Any
 import ray
 
 from ..identity import NodeKey
-from ..node import BatchResult, Behaviour, Job, NodeCore, Runner
+from ..node import BatchResult, Behaviour, Job, NodeCore, Runner, unpack_values
 from ..receipts import capture_profile
 
 __all__ = ["NodeActor", "NodeSpec", "set_threads"]
@@ -81,8 +81,11 @@ class _NodeServer:
     def run_batch(self, jobs: Sequence[Job]) -> BatchResult:
         return self.core.run_batch(jobs)
 
-    def run_jobs(self, job_ids: Sequence[bytes], inputs: Sequence[Any]) -> BatchResult:
-        """``run_batch`` with the jobs' two fields sent as two lists (cheaper to ship)."""
+    def run_jobs(self, job_ids: Sequence[bytes], inputs: Any) -> BatchResult:
+        """``run_batch`` with the jobs' two fields sent apart: the ids as a list, the
+        inputs packed by :func:`posp.node.pack_values` (or as a plain list)."""
+        if type(inputs) is tuple and len(inputs) == 2 and inputs[0] in ("stacked", "list"):
+            inputs = unpack_values(inputs)
         return self.core.run_batch([Job(i, x) for i, x in zip(job_ids, inputs, strict=True)])
 
     def ping(self) -> bool:

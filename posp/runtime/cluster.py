@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
@@ -28,25 +28,24 @@ from ..compare import Comparator, RelativeL2
 from ..digest import digest_value
 from ..errors import ClusterError, ConfigError
 from ..ledger import Ledger
-from ..node import BatchResult, Behaviour, Runner
-from ..protocol import Protocol, ProtocolParams, Role, State, TaskResult
+from ..node import BatchResult, Behaviour, Runner, pack_values
+from ..protocol import Protocol, ProtocolParams, State, TaskResult
 from ..receipts import ReceiptRef, SignedReceipt
 from ..sampling import EpochSeed, SamplingPolicy, UniformPolicy
 from ..scheduler import Batch, Scheduler
 from .actor import NodeActor, NodeSpec
 
-__all__ = ["Cluster", "NodeInfo", "Result"]
+__all__ = ["Cluster", "MapStats", "NodeInfo", "Result"]
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """One verified result: the output, the asserter's signed receipt, the state.
 
     ``state`` is one of :class:`~posp.protocol.State`: ``AGREED`` (checked and agreed),
     ``NOT_SAMPLED``, ``UPHELD`` (disputed and upheld), ``OVERTURNED`` (the asserter lost
     arbitration; ``output`` is the output that won), ``UNRESOLVED``. ``receipt`` is the
     portable :class:`~posp.receipts.SignedReceipt` (receipt, Merkle proof, signed batch),
-    built on first access.
+    built on first access. (Immutable; a named tuple because one is built per input.)
     """
 
     task: int
@@ -82,6 +81,30 @@ class NodeInfo:
     @property
     def id(self) -> str:
         return self.public.hex()[:16]
+
+
+@dataclass(frozen=True)
+class MapStats:
+    """Where the wall time of one :meth:`Cluster.map` call went (``Cluster.last_map``).
+
+    ``startup_s``: from the call to the first batch sent. ``last_first_s``: from the call
+    to the last result of a first execution taken in. ``tail_s``: from then to the return:
+    the re-executions of the last sampled tasks and the last ledger commit, a cost per
+    call rather than per job. ``jobs`` counts every job sent (first executions,
+    re-executions, decoys), ``decoys`` the padding among them.
+    """
+
+    tasks: int
+    wall_s: float
+    startup_s: float
+    last_first_s: float
+    batches: int
+    jobs: int
+    decoys: int
+
+    @property
+    def tail_s(self) -> float:
+        return max(0.0, self.wall_s - self.last_first_s)
 
 
 class Cluster:
@@ -148,6 +171,7 @@ class Cluster:
         self._node_errors: dict[bytes, int] = {}
         self._warned_small = False
         self.jobs_dispatched = 0
+        self.last_map: MapStats | None = None
         if ledger is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="posp-")
             ledger = Path(self._tmpdir.name) / "ledger.db"
@@ -302,7 +326,8 @@ class Cluster:
     ) -> list[Result]:
         """Run many inputs; results come back in submission order, each settled.
 
-        ``progress(done, total)`` is called as results settle.
+        ``progress(done, total)`` is called as results settle. Where the call's time went
+        is in :attr:`last_map` afterwards.
         """
         if self._closed:
             raise ClusterError("the cluster is closed")
@@ -311,19 +336,55 @@ class Cluster:
         self.protocol.require_verifiable()
         self._warn_if_small()
         t_cpu = time.process_time()
-        tids = [
-            self.scheduler.add_task(v, importance=1.0 if importance is None else importance[i])
-            for i, v in enumerate(values)
-        ]
+        t_start = time.monotonic()
+        t_sent: float | None = None  # the first batch sent
+        t_first = t_start  # the last result of a first execution taken
+        jobs0, decoys0 = self.jobs_dispatched, self.scheduler.decoys_sent
+        batches = 0
+        total = len(values)
+        tids: list[int] = []
+        # tasks are registered (their inputs digested) a few batches ahead of dispatch
+        # rather than all before the first batch leaves: the nodes start at once, and
+        # the rest is digested while they work
+        ahead = (len(self.nodes) * self.in_flight + 1) * self.batch_size + self.scheduler.reserve
         done: dict[int, Result] = {}
         flight: dict[Any, tuple[NodeInfo, Batch, float]] = {}
         per_node: dict[bytes, int] = dict.fromkeys(self.nodes, 0)
-        total = len(values)
-        last_flush = time.monotonic()
+        last_flush = t_start
+
+        def top_up() -> None:
+            short = ahead - self.scheduler.fresh_count()
+            if len(tids) < total and short > 0:
+                span = range(len(tids), min(total, len(tids) + short))
+                tids.extend(self.scheduler.add_tasks(
+                    [values[i] for i in span],
+                    None if importance is None else [importance[i] for i in span]))
+
+        top_up()
         while len(done) < total:
-            self._fill(flight, per_node)
-            if not flight:  # only the reserve of new tasks is left: release it
-                self._fill(flight, per_node, force=True)
+            # dispatch first, then digest the next inputs and commit: the nodes work
+            # meanwhile (a fill takes at most nodes * in_flight batches, fewer than
+            # ``ahead`` holds, so new tasks never run out while inputs remain)
+            sent = self._fill(flight, per_node)
+            if sent:
+                batches += sent
+                if t_sent is None:
+                    t_sent = min(t0 for _i, _b, t0 in flight.values())
+            top_up()
+            # group commit: one fsync per flush_interval rather than per batch, and at
+            # once when nothing else is running or the last results wait for it
+            now = time.monotonic()
+            if self.protocol.unflushed and (
+                not flight or now - last_flush >= self.flush_interval
+                or not self.scheduler.has_work()
+            ):
+                last_flush = now
+                for r in self.protocol.flush():
+                    self._settled(r, done)
+                if progress is not None:
+                    progress(len(done), total)
+            if len(done) >= total:
+                break
             if not flight:
                 self.protocol.require_verifiable()
                 raise ClusterError(
@@ -350,54 +411,69 @@ class Cluster:
                     self._fail(info, "crash", exc)
                     continue
                 self._take(info, res)
-            # group commit: one fsync per flush_interval rather than per batch, and at
-            # once when nothing else is running or the last results wait for it
-            now = time.monotonic()
-            busy = sum(per_node.values())
-            if self.protocol.unflushed and (
-                not busy or now - last_flush >= self.flush_interval
-                or not self.scheduler.has_work()
-            ):
-                last_flush = now
-                for r in self.protocol.flush():
-                    self._settled(r, done)
-                if progress is not None:
-                    progress(len(done), total)
+                if batch.firsts:
+                    t_first = self._last_done[info.public]
         # the driver process's CPU over the whole call (Ray's threads included); read once,
         # because the clock itself costs a system call
         self.coordinator_cpu_s += time.process_time() - t_cpu
+        t_end = time.monotonic()
+        self.last_map = MapStats(
+            tasks=total, wall_s=t_end - t_start,
+            startup_s=(t_sent if t_sent is not None else t_end) - t_start,
+            last_first_s=t_first - t_start, batches=batches,
+            jobs=self.jobs_dispatched - jobs0, decoys=self.scheduler.decoys_sent - decoys0,
+        )
         return [done[t] for t in tids]
 
     def _fill(self, flight: dict[Any, tuple[NodeInfo, Batch, float]],
-              per_node: dict[bytes, int], *, force: bool = False) -> None:
-        for info in self.nodes.values():
-            if not info.alive or not self.protocol.is_active(info.public):
-                continue
-            while per_node[info.public] < self.in_flight:
-                if per_node[info.public] and not self.scheduler.has_fresh():
+              per_node: dict[bytes, int]) -> int:
+        """Top every live node up to ``in_flight`` batches; return how many were sent.
+
+        One batch per node per pass, so that no node waits while another's batches are
+        serialised. A node down to its last batch in flight also takes its share of the
+        scheduler's reserve of new tasks: the reserve lets re-executions travel among
+        first executions, but it must never leave a node idle while tasks are waiting."""
+        nodes = [n for n in self.nodes.values()
+                 if n.alive and self.protocol.is_active(n.public)]
+        sent = 0
+        while nodes:
+            again: list[NodeInfo] = []
+            for info in nodes:
+                busy = per_node[info.public]
+                if busy >= self.in_flight:
+                    continue
+                if busy and not self.scheduler.has_fresh():
                     # the tail: let re-executions accumulate into one batch per node
                     # rather than many small ones padded with decoys
-                    break
-                batch = self.scheduler.next_batch(info.public, force=force)
+                    continue
+                batch = self.scheduler.next_batch(info.public, force=busy < 2)
                 if batch is None:
-                    break
-                if batch.firsts:
-                    for j in batch.jobs:
-                        job = self.protocol.job(j.job_id)
-                        if job is not None and job[2] is Role.FIRST:
-                            info.asserted += 1
-                            self._ordinal[j.job_id] = info.asserted
-                self.jobs_dispatched += len(batch.jobs)
-                ref = info.actor.run_jobs.remote([j.job_id for j in batch.jobs],
-                                                 [j.input for j in batch.jobs])
-                flight[ref] = (info, batch, time.monotonic())
-                per_node[info.public] += 1
+                    continue
+                self._send(info, batch, flight, per_node)
+                sent += 1
+                again.append(info)
+            nodes = again
+        return sent
+
+    def _send(self, info: NodeInfo, batch: Batch,
+              flight: dict[Any, tuple[NodeInfo, Batch, float]],
+              per_node: dict[bytes, int]) -> None:
+        ordinal = self._ordinal
+        for jid in batch.first_ids:
+            info.asserted += 1
+            ordinal[jid] = info.asserted
+        self.jobs_dispatched += len(batch)
+        # same-shape array inputs travel as one stacked array: one buffer for Ray to
+        # serialise instead of one object per job (benchmarks/bench_cluster.py measures
+        # what this saves against plain Ray calls with a list and with a stacked array)
+        ref = info.actor.run_jobs.remote(list(batch.job_ids), pack_values(batch.inputs))
+        flight[ref] = (info, batch, time.monotonic())
+        per_node[info.public] += 1
 
     def _take(self, info: NodeInfo, res: BatchResult) -> None:
         # decoys go to the protocol too: it ignores jobs it did not issue, and the whole
         # batch is then checked with one Merkle root recomputation
-        follow = self.protocol.on_batch(info.public, res.batch, list(res.receipts),
-                                        list(res.outputs))
+        follow = self.protocol.on_batch(info.public, res.batch, res.receipts, res.outputs)
         self.scheduler.add_follow_ups(follow)
         self.scheduler.add_follow_ups(self.protocol.take_reissued())
 
@@ -427,8 +503,8 @@ class Cluster:
             )
 
     def _batch_error(self, info: NodeInfo, batch: Batch, exc: BaseException) -> None:
-        for j in batch.jobs:
-            job = self.protocol.job(j.job_id)
+        for jid in batch.job_ids:
+            job = self.protocol.job(jid)
             if job is None:
                 continue
             failed = self._task_errors.setdefault(job[0], set())
@@ -440,7 +516,7 @@ class Cluster:
                     f"{type(cause).__name__}: {cause}"
                 ) from exc
         self.scheduler.add_follow_ups(
-            self.protocol.on_batch_error(info.public, [j.job_id for j in batch.jobs])
+            self.protocol.on_batch_error(info.public, list(batch.job_ids))
         )
         errors = self._node_errors[info.public] = self._node_errors.get(info.public, 0) + 1
         if errors >= 3:  # a node whose batches keep raising stops getting work

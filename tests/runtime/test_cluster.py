@@ -14,6 +14,7 @@ from posp.ledger import Ledger
 from posp.node import CheatRate
 from posp.protocol import ProtocolParams, State
 from posp.runtime import Cluster, NodeSpec, verified
+from posp.sampling import ImportancePolicy
 
 pytestmark = pytest.mark.ray
 
@@ -130,3 +131,27 @@ def test_verified_wrapper_and_bad_options(ray_session, tmp_path):
         assert r.state is State.AGREED and r.checked
     with pytest.raises(ConfigError):
         Cluster(Linear(), nodes=2, sample_rate=1.5)
+
+
+@pytest.mark.filterwarnings("ignore:.*disputes will stay unresolved")
+def test_map_registers_tasks_as_it_dispatches_and_reports_its_costs(ray_session, tmp_path):
+    # important tasks always sampled, the others never: each importance must stay with
+    # its own input while tasks are registered a few batches ahead of dispatch
+    xs = inputs(500, seed=4)
+    imp = [100.0 if i % 7 == 0 else 0.0 for i in range(len(xs))]
+    with Cluster(Linear(), nodes=2, policy=ImportancePolicy(0.01, 0.0), params=ProtocolParams(),
+                 ledger=tmp_path / "l.db", batch_size=16, in_flight=2,
+                 comparator=RelativeL2(1e-5), seed=4) as c:
+        before = dict(c.protocol.stats)
+        res = c.map(xs, importance=imp)
+        for i, (r, x) in enumerate(zip(res, xs, strict=True)):
+            assert r.state is (State.AGREED if imp[i] else State.NOT_SAMPLED)
+            np.testing.assert_allclose(r.output, np.tanh(W @ x), rtol=1e-5, atol=1e-6)
+        m = c.last_map
+        assert m is not None and m.tasks == 500
+        assert 0.0 <= m.startup_s <= m.last_first_s <= m.wall_s
+        assert m.tail_s == pytest.approx(m.wall_s - m.last_first_s)
+        assert m.batches >= 500 // 16
+        sent = {k: c.protocol.stats[k] - before.get(k, 0) for k in ("jobs_first", "jobs_validate")}
+        assert sent["jobs_validate"] == sum(1 for v in imp if v)
+        assert m.jobs == sent["jobs_first"] + sent["jobs_validate"] + m.decoys
