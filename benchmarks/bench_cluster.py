@@ -61,6 +61,9 @@ class RawNode:
     def compute(self, inputs):
         return self.run(inputs)
 
+    def cpu_seconds(self) -> float:
+        return time.process_time()
+
     def compute_stacked(self, stacked):
         """The best plain Ray can do with a batch: one stacked array each way."""
         return np.stack(self.run(list(stacked)))
@@ -76,7 +79,8 @@ class Tiny:
         return run
 
 
-LAST_RAW_CPU = [0.0]
+LAST_RAW_CPU = [0.0]  # the driver's CPU seconds in the last raw run
+LAST_RAW_NODES_CPU = [0.0]  # the node actors' CPU seconds in the last raw run
 GC2_S = [0.0]  # generation-2 collection time since the last reset
 _GC2_START = [0.0]
 
@@ -101,6 +105,7 @@ def raw_throughput(actors, batches, in_flight: int, *, stacked: bool = False) ->
 
     ``stacked``: each batch is sent as one stacked array (stacked in the timed loop, as
     posp stacks) and comes back as one, rather than as a list of per-job arrays."""
+    n0 = sum(ray.get([a.cpu_seconds.remote() for a in actors]))
     c0 = time.process_time()
     t0 = time.perf_counter()
     pending = []
@@ -116,14 +121,16 @@ def raw_throughput(actors, batches, in_flight: int, *, stacked: bool = False) ->
             i += 1
         done, pending = ray.wait(pending, num_returns=1)
         ray.get(done)
+    dt = time.perf_counter() - t0
     LAST_RAW_CPU[0] = time.process_time() - c0
-    return n_jobs / (time.perf_counter() - t0)
+    LAST_RAW_NODES_CPU[0] = sum(ray.get([a.cpu_seconds.remote() for a in actors])) - n0
+    return n_jobs / dt
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, default=200, help="batches of 64 per measurement")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=100, help="batches of 64 per measurement")
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rates", default="0,0.01,0.05,0.1,0.2")
     ap.add_argument("--tiny-jobs", type=int, default=3000)
     ap.add_argument("--json", dest="json_out", default=None)
@@ -134,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     in_flight = 3
     w = get("mlp")
     inputs = w.inputs(11, args.batches * batch)
+    n_jobs = len(inputs)
     batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False, configure_logging=False)
     tmp = Path(tempfile.mkdtemp(prefix="posp-bench-"))
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                  "jobs_per_run": len(inputs), "in_flight_per_node": in_flight, "rates": {}}
     raws = [RawNode.options(num_cpus=1).remote(WorkloadFactory("mlp"), 1) for _ in range(2)]
     ray.get([a.compute.remote(batches[0][:2]) for a in raws])  # warm
-    keys = ("raw", "raw_stacked", "posp", "cpu", "tail", "startup", "decoys", "gc2_raw", "gc2_posp")
+    keys = ("raw", "raw_stacked", "posp", "cpu", "cpu_raw", "cpu_raw_stacked", "cpu_posp", "tail", "startup", "decoys", "gc2_raw", "gc2_posp")
     results: dict[float, dict[str, list[float]]] = {p: {k: [] for k in keys} for p in rates}
     gc.callbacks.append(_gc2_clock)
     clusters = {}
@@ -160,14 +168,22 @@ def main(argv: list[str] | None = None) -> int:
                 results[p]["raw"].append(raw_throughput(raws, batches, in_flight))
                 results[p]["gc2_raw"].append(GC2_S[0])
                 raw_cpu = LAST_RAW_CPU[0]
+                results[p]["cpu_raw"].append((raw_cpu + LAST_RAW_NODES_CPU[0]) / n_jobs * 1e6)
                 fresh_heap()
                 results[p]["raw_stacked"].append(
                     raw_throughput(raws, batches, in_flight, stacked=True))
+                results[p]["cpu_raw_stacked"].append(
+                    (LAST_RAW_CPU[0] + LAST_RAW_NODES_CPU[0]) / n_jobs * 1e6)
                 c = clusters[p]
+                actors = [n.actor for n in c.nodes.values()]
                 fresh_heap()
+                nodes0 = sum(ray.get([a.cpu_seconds.remote() for a in actors]))
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 c.map(inputs)
                 dt = time.perf_counter() - t0
+                drv = time.process_time() - cpu0
+                nodes_cpu = sum(ray.get([a.cpu_seconds.remote() for a in actors])) - nodes0
+                results[p]["cpu_posp"].append((drv + nodes_cpu) / n_jobs * 1e6)
                 results[p]["gc2_posp"].append(GC2_S[0])
                 results[p]["posp"].append(len(inputs) / dt)
                 stats = c.last_map
@@ -177,13 +193,16 @@ def main(argv: list[str] | None = None) -> int:
                 results[p]["decoys"].append(stats.decoys)
                 # the driver process's CPU (Ray's threads included) beyond what raw Ray
                 # spent on the same batches: what posp's coordinator adds per job
-                extra = (time.process_time() - cpu0) - raw_cpu
+                extra = drv - raw_cpu
                 results[p]["cpu"].append(extra / len(inputs) * 1e6)
                 print(f"rep {rep} p={p:<5} raw {results[p]['raw'][-1]:8.0f} jobs/s  "
                       f"posp {results[p]['posp'][-1]:8.0f} jobs/s  "
                       f"ratio {results[p]['posp'][-1] / results[p]['raw'][-1]:.3f}  "
                       f"(vs stacked raw {results[p]['posp'][-1] / results[p]['raw_stacked'][-1]:.3f})  "
                       f"coord {results[p]['cpu'][-1]:.1f} us/job  "
+                      f"cpu/job raw {results[p]['cpu_raw'][-1]:.0f} "
+                      f"stacked {results[p]['cpu_raw_stacked'][-1]:.0f} "
+                      f"posp {results[p]['cpu_posp'][-1]:.0f} us  "
                       f"tail {stats.tail_s * 1e3:.0f} ms  start {stats.startup_s * 1e3:.0f} ms  "
                       f"gc2 {GC2_S[0] * 1e3:.0f} ms", flush=True)
     finally:
@@ -204,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_vs_stacked": statistics.median(ratios_st), "ratios_vs_stacked": ratios_st,
             "ideal": 1 / (1 + p), "of_ideal": statistics.median(ratios) * (1 + p),
             "coordinator_us_per_job": statistics.median(results[p]["cpu"]),
+            # CPU seconds per job, driver process plus node actors (Ray's own daemons not
+            # counted), and the throughput ratio they imply on a saturated machine: less
+            # disturbed by neighbours than wall time
+            "cpu_us_per_job": {k: statistics.median(results[p][f"cpu_{k}"])
+                               for k in ("raw", "raw_stacked", "posp")},
+            "cpu_ratio": statistics.median(
+                [a / b for a, b in zip(results[p]["cpu_raw"], results[p]["cpu_posp"],
+                                       strict=True)]),
+            "cpu_ratio_vs_stacked": statistics.median(
+                [a / b for a, b in zip(results[p]["cpu_raw_stacked"], results[p]["cpu_posp"],
+                                       strict=True)]),
             # once per map call, not per job (medians over the repeats)
             "tail_s_per_call": statistics.median(results[p]["tail"]),
             "startup_s_per_call": statistics.median(results[p]["startup"]),
@@ -229,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     print()
     print(f"{'p':>6} {'raw jobs/s':>11} {'posp jobs/s':>12} {'ratio':>7} {'vs stacked':>11} "
-          f"{'ideal':>7} {'of ideal':>9} {'coord us/job':>13} {'tail ms/call':>13} "
-          f"{'start ms/call':>14}")
+          f"{'cpu ratio':>10} {'vs stacked':>11} {'ideal':>7} {'of ideal':>9} "
+          f"{'coord us/job':>13} {'tail ms/call':>13} {'start ms/call':>14}")
     for p, r in out["rates"].items():
         print(f"{p:>6} {r['raw_jobs_per_s']:11.0f} {r['posp_jobs_per_s']:12.0f} "
-              f"{r['ratio']:7.3f} {r['ratio_vs_stacked']:11.3f} {r['ideal']:7.3f} "
+              f"{r['ratio']:7.3f} {r['ratio_vs_stacked']:11.3f} {r['cpu_ratio']:10.3f} "
+              f"{r['cpu_ratio_vs_stacked']:11.3f} {r['ideal']:7.3f} "
               f"{r['of_ideal']:9.3f} "
               f"{r['coordinator_us_per_job']:13.1f} {r['tail_s_per_call'] * 1e3:13.0f} "
               f"{r['startup_s_per_call'] * 1e3:14.0f}")

@@ -1009,6 +1009,7 @@ class Ledger:
         self._group: Group | None = None
         self._group_thread: int | None = None
         self._is_closed = False
+        self._key: NodeKey | None = None
         exists = self.path.exists() and (not self.path.is_file() or self.path.stat().st_size > 0)
         if not exists:
             if not create:
@@ -1040,7 +1041,8 @@ class Ledger:
             if given is not None and given != stored:
                 self._conn.close()
                 raise ConfigError(f"ledger has {stored}, asked for {given}", key=name)
-        self._key = coordinator_key
+        if coordinator_key is not None:  # else: the key _create made, or loaded on demand
+            self._key = coordinator_key
         if coordinator_key is not None and coordinator_key.public != self.coordinator:
             self._conn.close()
             raise LedgerError(f"{self.path}: coordinator_key is not this ledger's coordinator")
@@ -1066,7 +1068,8 @@ class Ledger:
             raise LedgerError(f"cannot create {self.path}: no directory {self.path.parent}")
         if key is None:
             key = NodeKey.generate()
-            key.save(self.key_path)
+            if str(self.path) != ":memory:":  # an in-memory ledger leaves no file behind
+                key.save(self.key_path)
         coordinator = bytes(key.public)
         genesis = _genesis(coordinator, mb, ue, ppb)
         try:

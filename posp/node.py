@@ -123,7 +123,8 @@ class BatchResult:
     as columns). Inclusion proofs are not sent: the coordinator holds the whole batch and
     checks it by recomputing the Merkle root, building a job's proof only where evidence
     needs one. Pickled (how it crosses Ray), outputs that are arrays of one dtype and
-    shape travel as one stacked array and come back as its rows.
+    shape (at least 1-d) travel as one stacked array and come back as its rows; any
+    other outputs travel as they are. Arrays that come back are always writable.
     """
 
     batch: BatchCommitment
@@ -138,7 +139,8 @@ def pack_values(values: Sequence[Any]) -> tuple[str, Any]:
     """A batch's inputs or outputs for the wire: arrays of one dtype and shape as one
     stacked array (one buffer to serialise instead of one object per job), anything else
     as it is. :func:`unpack_values` gives the values back (arrays as rows of the stack)."""
-    if len(values) > 1 and type(values[0]) is np.ndarray:
+    if len(values) > 1 and type(values[0]) is np.ndarray and values[0].ndim >= 1:
+        # (0-d arrays stay a list: the rows of their stack would be numpy scalars)
         v0 = values[0]
         dtype, shape = v0.dtype, v0.shape
         if not dtype.hasobject and all(
@@ -149,18 +151,23 @@ def pack_values(values: Sequence[Any]) -> tuple[str, Any]:
 
 
 def unpack_values(packed: tuple[str, Any], *, writable: bool = False) -> tuple[Any, ...]:
-    """Inverse of :func:`pack_values`. ``writable`` copies a stacked array first (what
-    Ray hands out is a read-only buffer)."""
+    """Inverse of :func:`pack_values`. With ``writable`` every array that comes back is
+    one the caller may write to: Ray hands out read-only buffers, which are copied."""
     kind, data = packed
-    if kind == "stacked" and type(data) is np.ndarray:
-        return tuple(np.array(data, copy=True) if writable else data)
+    if kind == "stacked" and type(data) is np.ndarray and data.ndim >= 2:
+        if writable and not data.flags.writeable:
+            data = np.array(data, copy=True)
+        return tuple(data)
     if kind == "list" and type(data) in (tuple, list):
+        if writable:
+            return tuple(np.array(v, copy=True) if type(v) is np.ndarray
+                         and not v.flags.writeable else v for v in data)
         return tuple(data)
     raise ValueError("not a packed batch")
 
 
 def _batch_result(batch: BatchCommitment, receipts: ReceiptBlock, packed: Any) -> BatchResult:
-    # outputs become the user's results: a copy the receiver owns, then its rows
+    # outputs become the user's results: arrays the user may write to
     return BatchResult(batch, receipts, unpack_values(packed, writable=True))
 
 

@@ -40,6 +40,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from .compare import Comparator, Verdict, VerdictKind
@@ -155,9 +156,10 @@ class _Node:
     outstanding: dict[bytes, None] = field(default_factory=dict)
 
 
-_NO_RESULTS: dict[bytes, tuple[ReceiptRef, Any]] = {}  # shared, never written
-_NO_NODES: set[bytes] = set()  # shared, never written
-_NO_VERDICTS: list[Verdict] = []  # shared, never written
+# shared by every task until its checks start; immutable, so a write by mistake fails
+_NO_RESULTS: Any = MappingProxyType({})
+_NO_NODES: Any = frozenset()
+_NO_VERDICTS: Any = ()
 
 
 class _Task:
@@ -179,11 +181,11 @@ class _Task:
         self.receipt: ReceiptRef | None = None
         self.output: Any = None
         # node -> (receipt, output) for validators / arbiters that answered
-        self.validators = _NO_RESULTS
-        self.arbiters = _NO_RESULTS
-        self.want_validators = _NO_NODES
-        self.want_arbiters = _NO_NODES
-        self.verdicts = _NO_VERDICTS
+        self.validators: dict[bytes, tuple[ReceiptRef, Any]] = _NO_RESULTS
+        self.arbiters: dict[bytes, tuple[ReceiptRef, Any]] = _NO_RESULTS
+        self.want_validators: set[bytes] = _NO_NODES
+        self.want_arbiters: set[bytes] = _NO_NODES
+        self.verdicts: list[Verdict] = _NO_VERDICTS
 
     def start_checks(self) -> None:
         """Own containers: validation is starting."""
@@ -390,6 +392,9 @@ class Protocol:
             raise ConfigError(f"unknown node {node[:4].hex()}", key="node")
         refs: list[ReceiptRef | None] | None
         rb: ReceiptBatch | None = None
+        jids: Sequence[bytes]
+        ins: Sequence[bytes]
+        signed_outs: Sequence[bytes]
         if isinstance(receipts, ReceiptBlock):
             # the hot path: the node's whole batch as columns, no receipt objects built
             rb = self._check_block(node, st, batch, receipts)
@@ -583,7 +588,7 @@ class Protocol:
         return [self._issue(t.id, v, Role.VALIDATE) for v in chosen]
 
     def _agree(self, a: tuple[ReceiptRef, Any], b: tuple[ReceiptRef, Any]) -> Verdict:
-        ra, rb = a[0].receipt, b[0].receipt
+        ra, rb = a[0], b[0]  # ReceiptRefs: digests read without building receipts
         cmp = self._comparator_for(ra.profile_digest, rb.profile_digest)
         if ra.output_digest == rb.output_digest:
             return Verdict(VerdictKind.MATCH, 0.0, cmp.metric, cmp.tolerance)

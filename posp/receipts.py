@@ -370,9 +370,9 @@ class ReceiptBlock(Sequence[Receipt]):
         self.node = node
         self.profile_digest = profile_digest
         self.seq0 = seq0
-        self.job_ids = list(job_ids)
-        self.input_digests = list(input_digests)
-        self.output_digests = list(output_digests)
+        self.job_ids = tuple(job_ids)
+        self.input_digests = tuple(input_digests)
+        self.output_digests = tuple(output_digests)
         self._leaves: list[bytes] | None = None
 
     @classmethod
@@ -408,21 +408,28 @@ class ReceiptBlock(Sequence[Receipt]):
         return self.receipt(i % n)
 
     def leaves(self) -> list[bytes]:
-        """Every receipt's Merkle leaf, ``Receipt.digest()``, computed from the columns."""
+        """Every receipt's Merkle leaf, ``Receipt.digest()``, computed from the columns
+        (once; :func:`verify_block` always recomputes them)."""
         if self._leaves is None:
-            sha = hashlib.sha256
-            mid = _R_BIN32 + self.node + _R_BIN32
-            tail = _R_BIN32 + self.profile_digest
-            pre = _R_PREFIX + _R_HEAD
-            seq = self.seq0
-            out = []
-            for j, i, o in zip(self.job_ids, self.input_digests, self.output_digests,
-                               strict=True):
-                out.append(sha(b"".join((pre, j, mid, i, _R_BIN32, o, tail,
-                                         _uint_wire(seq)))).digest())
-                seq += 1
-            self._leaves = out
+            self._leaves = self.compute_leaves()
         return self._leaves
+
+    def compute_leaves(self) -> list[bytes]:
+        """:meth:`leaves`, recomputed from the columns now, never from a cache."""
+        sha = hashlib.sha256
+        mid = _R_BIN32 + self.node + _R_BIN32
+        tail = _R_BIN32 + self.profile_digest
+        pre = _R_PREFIX + _R_HEAD
+        seq = self.seq0
+        out = []
+        for j, i, o in zip(self.job_ids, self.input_digests, self.output_digests, strict=True):
+            # lengths are part of the framing: a wrong-sized item must not hash as a receipt
+            if len(j) != JOB_ID_BYTES or len(i) != 32 or len(o) != 32:
+                raise ValueError("a column item has the wrong length")
+            out.append(sha(b"".join((pre, j, mid, i, _R_BIN32, o, tail,
+                                     _uint_wire(seq)))).digest())
+            seq += 1
+        return out
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_block_from_wire, (self.node, self.profile_digest, self.seq0,
@@ -674,6 +681,20 @@ class ReceiptRef:
             return self._rb.receipts.job_ids[self._index]  # type: ignore[union-attr]
         return self.receipt.job_id
 
+    @property
+    def output_digest(self) -> bytes:
+        """The receipt's output digest, without building the receipt."""
+        if self._receipt is None and isinstance(self._rb.receipts, ReceiptBlock):  # type: ignore[union-attr]
+            return self._rb.receipts.output_digests[self._index]  # type: ignore[union-attr]
+        return self.receipt.output_digest
+
+    @property
+    def profile_digest(self) -> bytes:
+        """The receipt's profile digest, without building the receipt."""
+        if self._receipt is None and isinstance(self._rb.receipts, ReceiptBlock):  # type: ignore[union-attr]
+            return self._rb.receipts.profile_digest  # type: ignore[union-attr]
+        return self.receipt.profile_digest
+
     @classmethod
     def of(cls, signed: SignedReceipt) -> ReceiptRef:
         return cls(signed.receipt, signed=signed)
@@ -728,7 +749,20 @@ def verify_block(
         raise BadSignature(f"batch signs {batch.count} receipts, got {len(block)}")
     if block.node != batch.node:
         raise BadSignature("the block names another node than the batch's signer")
-    leaves = block.leaves()
+    # recomputed from the columns as they are now: a cached leaf list (a block mutated
+    # after hashing, or crafted to skip the constructor's checks) is never trusted
+    try:
+        cols = (block.job_ids, block.input_digests, block.output_digests)
+        if not all(type(c) is tuple and len(c) == batch.count for c in cols):
+            raise BadSignature("the block's columns are malformed")
+        prof, seq0 = block.profile_digest, block.seq0
+        if not (type(prof) is bytes and len(prof) == 32 and type(seq0) is int
+                and 0 <= seq0 and seq0 + batch.count < 2**64):
+            raise BadSignature("the block's header is malformed")
+        leaves = block.compute_leaves()
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BadSignature(f"the block is malformed: {exc}") from exc
+    block._leaves = leaves
     if merkle_root(leaves) != batch.root:
         raise BadSignature("receipts do not hash to the signed root")
     _verify_batch_cached(batch, verified_batches)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .digest import digest_many, digest_value
 from .node import BatchResult, Job, NodeCore
-from .protocol import Assignment, Protocol, State, TaskResult
+from .protocol import Assignment, Protocol, Role, State, TaskResult
 from .receipts import JobIds
 
 __all__ = ["Batch", "LocalDriver", "Outcome", "Scheduler"]
@@ -163,6 +163,7 @@ class Scheduler:
         inputs = self.inputs
         q = self._follow.get(node)
         n_follow = 0
+        refirsts: list[bytes] = []
         if q:
             active = self.protocol.is_active(node)
             job = self.protocol.job
@@ -172,6 +173,8 @@ class Scheduler:
                     continue
                 ids.append(a.job_id)
                 xs.append(inputs[a.task])
+                if a.role is Role.FIRST:  # a first execution re-issued after a fault
+                    refirsts.append(a.job_id)
                 n_follow += 1
         room = self.batch_size - n_follow
         open_work = self.protocol.pending_tasks > len(self._fresh)
@@ -220,7 +223,7 @@ class Scheduler:
         if not ids:
             return None
         self.log.append((n_follow, n_first, len(decoys)))
-        return Batch(node, ids, xs, frozenset(decoys), first_ids)
+        return Batch(node, ids, xs, frozenset(decoys), refirsts + first_ids)
 
     def _padding(self, n_follow: int) -> int:
         """How many jobs go beside ``n_follow`` re-executions in a batch at the tail: as

@@ -8,6 +8,7 @@ execution profile is captured by code on the node. The actor's only work method 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,6 +91,10 @@ class _NodeServer:
 
     def ping(self) -> bool:
         return True
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds this node's process has used (benchmarks read it before and after)."""
+        return time.process_time()
 
     def where(self) -> str:
         """The Ray node this actor runs on."""

@@ -411,3 +411,14 @@ def test_close_is_idempotent(tmp_path):
     with pytest.raises(LedgerError):
         led.reward(NODES[0], 1, ref="after-close")
     assert os.path.exists(tmp_path / "l.db")
+
+
+def test_in_memory_ledgers_write_no_key_file(tmp_path, monkeypatch) -> None:
+    from posp.ledger import Ledger
+
+    monkeypatch.chdir(tmp_path)
+    a, b = Ledger(":memory:"), Ledger(":memory:")  # two at once: no clash over a file
+    for led in (a, b):
+        with led.group() as g:
+            g.note("hello")
+    assert list(tmp_path.iterdir()) == []

@@ -89,9 +89,9 @@ def test_verify_block_catches_any_changed_column_and_the_profile() -> None:
     verify_receipt(rb.signed(4), expected_profile_digest=PROFILE)
     for col in ("job_ids", "input_digests", "output_digests"):
         bad = pickle.loads(pickle.dumps(block))
-        items = getattr(bad, col)
+        items = list(getattr(bad, col))
         items[5] = bytes([items[5][0] ^ 1]) + items[5][1:]
-        bad._leaves = None
+        setattr(bad, col, tuple(items))
         with pytest.raises(BadSignature):
             verify_block(batch, bad)
     shifted = ReceiptBlock(NODE, PROFILE, 4, block.job_ids, block.input_digests,
@@ -103,7 +103,8 @@ def test_verify_block_catches_any_changed_column_and_the_profile() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(kind=st.sampled_from(["f4", "f8", "int", "mixed", "nan", "scalar"]),
+@given(kind=st.sampled_from(["f4", "f8", "int", "mixed", "nan", "scalar", "negzero",
+                             "strided"]),
        n=st.integers(0, 40))
 def test_digest_many_is_digest_value_per_item(kind: str, n: int) -> None:
     g = np.random.default_rng(n)
@@ -119,6 +120,10 @@ def test_digest_many_is_digest_value_per_item(kind: str, n: int) -> None:
         values = list(g.random((n, 5)).astype(np.float32))
         if n:
             values[n // 2][1] = np.nan
+    elif kind == "negzero":
+        values = [np.array([0.0, -0.0][i % 2], np.float32).reshape(1) for i in range(n)]
+    elif kind == "strided":
+        values = [g.random((4, 6))[:, ::2] for _ in range(n)]
     else:
         values = [float(v) for v in g.random(n)]
     assert digest_many("output", values) == [digest_value("output", v) for v in values]
@@ -139,16 +144,53 @@ def test_one_rate_fast_path_decides_like_mixed_rates() -> None:
         assert same[:63] == mixed[:63]
 
 
-def test_batch_result_crosses_the_wire_with_writable_rows() -> None:
-    core = NodeCore(KEY, capture_profile(threads=1, batched=True),
-                    lambda xs: [np.asarray(x, np.float32) * 2 for x in xs])
+def _ray_like_round_trip(obj):  # type: ignore[no-untyped-def]
+    """pickle with out-of-band buffers handed back read-only, as Ray's object store does."""
+    bufs: list = []
+    wire = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    return pickle.loads(wire, buffers=[memoryview(b.raw()).toreadonly() for b in bufs])
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 2), ()])
+@pytest.mark.parametrize("n", [1, 5])
+def test_batch_result_crosses_the_wire_writable_and_digest_equal(shape, n) -> None:
     from posp.node import Job
 
-    res = core.run_batch([Job(os.urandom(16), np.full(3, i, np.float32)) for i in range(5)])
-    back: BatchResult = pickle.loads(pickle.dumps(res, protocol=5))
+    core = NodeCore(KEY, capture_profile(threads=1, batched=True),
+                    lambda xs: [np.array(np.asarray(x, np.float32) * 2) for x in xs])
+    res = core.run_batch([Job(os.urandom(16), np.full(shape, i, np.float32))
+                          for i in range(n)])
+    back: BatchResult = _ray_like_round_trip(res)
     assert back.batch == res.batch and back.receipts == res.receipts
-    assert all(np.array_equal(a, b) for a, b in zip(back.outputs, res.outputs, strict=True))
-    assert all(o.flags.writeable for o in back.outputs)
+    assert all(type(o) is np.ndarray and o.shape == shape and o.flags.writeable
+               for o in back.outputs)
+    # what arrives hashes to what was signed (0-d arrays must not become numpy scalars)
+    assert digest_many("output", list(back.outputs)) == list(res.receipts.output_digests)
+
+
+@pytest.mark.parametrize("shape", [(4,), ()])
+def test_packed_inputs_keep_their_digests(shape) -> None:
+    from posp.node import pack_values, unpack_values
+
+    xs = [np.full(shape, i, np.float64) for i in range(6)]
+    back = unpack_values(_ray_like_round_trip(pack_values(xs)))
+    assert digest_many("input", list(back)) == digest_many("input", xs)
+
+
+def test_verify_block_never_trusts_cached_leaves() -> None:
+    rs = _receipts(6, 0)
+    block = ReceiptBlock.of(rs)
+    assert block is not None
+    batch = commit_block(KEY, block, batch_seq=2)
+    block.leaves()  # cached: the signed leaves
+    # a column changed after hashing (or a crafted pickle with a pre-filled cache)
+    block.output_digests = (b"\x00" * 32, *block.output_digests[1:])
+    with pytest.raises(BadSignature):
+        verify_block(batch, block)
+    # a column of the wrong type is a typed error, not a crash
+    block.output_digests = [r.output_digest for r in rs]  # type: ignore[assignment]
+    with pytest.raises(BadSignature):
+        verify_block(batch, block)
 
 
 def test_protocol_takes_a_block_and_rejects_a_forged_one() -> None:
@@ -164,8 +206,7 @@ def test_protocol_takes_a_block_and_rejects_a_forged_one() -> None:
     res = nodes[0].run_batch([Job(j, x) for j, x in zip(jids, range(4), strict=True)])
     # a forged block (an output digest swapped after signing): every job is a fault
     forged = pickle.loads(pickle.dumps(res.receipts))
-    forged.output_digests[0] = digest_value("output", 99)
-    forged._leaves = None
+    forged.output_digests = (digest_value("output", 99), *forged.output_digests[1:])
     follow = proto.on_batch(nodes[0].public, res.batch, forged, list(res.outputs))
     assert proto.stats["bad_receipts"] == 4 and len(follow) == 4
     # the re-issued jobs, answered honestly, settle unsampled
@@ -190,7 +231,8 @@ def test_unsampled_tasks_share_empties_that_disputes_never_write() -> None:
                      rng=random.Random(3))
     out = LocalDriver(cores, proto, batch_size=8, rng=random.Random(4)).run(list(range(300)))
     assert proto.stats["disputes"] > 0 and any(o.overturned for o in out)
-    assert P._NO_RESULTS == {} and P._NO_NODES == set() and P._NO_VERDICTS == []
+    # the shared empties are immutable: any write to one would have raised above
+    assert len(P._NO_RESULTS) == 0 and P._NO_NODES == frozenset() and P._NO_VERDICTS == ()
 
 
 class _Flip:
@@ -241,3 +283,4 @@ def test_equivocation_is_caught_through_the_windowed_int_index(monkeypatch) -> N
     res = a.run_batch([Job(new_j, new_x)])
     proto.on_batch(a.public, res.batch, res.receipts, res.outputs)
     assert proto.stats["equivocations"] == 1 and proto.stats["slashes"] == 1
+
