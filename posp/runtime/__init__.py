@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .actor import NodeSpec
-from .cluster import Cluster, NodeInfo, Result
+from .cluster import Cluster, MapStats, NodeInfo, Result
 from .torch_adapter import TorchModule, torch_module
 
-__all__ = ["Cluster", "NodeInfo", "NodeSpec", "Result", "TorchModule", "VerifiedFunction",
-           "torch_module", "verified"]
+__all__ = ["Cluster", "MapStats", "NodeInfo", "NodeSpec", "Result", "TorchModule",
+           "VerifiedFunction", "torch_module", "verified"]
 
 
 class VerifiedFunction:
