@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                  "jobs_per_run": len(inputs), "in_flight_per_node": in_flight, "rates": {}}
     raws = [RawNode.options(num_cpus=1).remote(WorkloadFactory("mlp"), 1) for _ in range(2)]
     ray.get([a.compute.remote(batches[0][:2]) for a in raws])  # warm
-    keys = ("raw", "raw_stacked", "posp", "cpu", "cpu_raw", "cpu_raw_stacked", "cpu_posp", "tail", "startup", "decoys", "gc2_raw", "gc2_posp")
+    keys = ("raw", "raw_stacked", "posp", "cpu", "cpu_raw", "cpu_raw_stacked", "cpu_posp",
+            "drv_raw", "nodes_raw", "drv_raw_stacked", "nodes_raw_stacked", "drv_posp",
+            "nodes_posp", "tail", "startup", "decoys", "gc2_raw", "gc2_posp")
     results: dict[float, dict[str, list[float]]] = {p: {k: [] for k in keys} for p in rates}
     gc.callbacks.append(_gc2_clock)
     clusters = {}
@@ -205,11 +207,15 @@ def main(argv: list[str] | None = None) -> int:
                 results[p]["gc2_raw"].append(GC2_S[0])
                 raw_cpu = LAST_RAW_CPU[0]
                 results[p]["cpu_raw"].append((raw_cpu + LAST_RAW_NODES_CPU[0]) / n_jobs * 1e6)
+                results[p]["drv_raw"].append(raw_cpu / n_jobs * 1e6)
+                results[p]["nodes_raw"].append(LAST_RAW_NODES_CPU[0] / n_jobs * 1e6)
                 fresh_heap()
                 results[p]["raw_stacked"].append(
                     raw_throughput(raws, batches, in_flight, stacked=True))
                 results[p]["cpu_raw_stacked"].append(
                     (LAST_RAW_CPU[0] + LAST_RAW_NODES_CPU[0]) / n_jobs * 1e6)
+                results[p]["drv_raw_stacked"].append(LAST_RAW_CPU[0] / n_jobs * 1e6)
+                results[p]["nodes_raw_stacked"].append(LAST_RAW_NODES_CPU[0] / n_jobs * 1e6)
                 c = clusters[p]
                 actors = [n.actor for n in c.nodes.values()]
                 fresh_heap()
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 drv = time.process_time() - cpu0
                 nodes_cpu = sum(ray.get([a.cpu_seconds.remote() for a in actors])) - nodes0
                 results[p]["cpu_posp"].append((drv + nodes_cpu) / n_jobs * 1e6)
+                results[p]["drv_posp"].append(drv / n_jobs * 1e6)
+                results[p]["nodes_posp"].append(nodes_cpu / n_jobs * 1e6)
                 results[p]["gc2_posp"].append(GC2_S[0])
                 results[p]["posp"].append(len(inputs) / dt)
                 stats = c.last_map
@@ -264,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
             # disturbed by neighbours than wall time
             "cpu_us_per_job": {k: statistics.median(results[p][f"cpu_{k}"])
                                for k in ("raw", "raw_stacked", "posp")},
+            # the same, split: the driver process and the node actors
+            "driver_us_per_job": {k: statistics.median(results[p][f"drv_{k}"])
+                                  for k in ("raw", "raw_stacked", "posp")},
+            "nodes_us_per_job": {k: statistics.median(results[p][f"nodes_{k}"])
+                                 for k in ("raw", "raw_stacked", "posp")},
             "cpu_ratio": statistics.median(
                 [a / b for a, b in zip(results[p]["cpu_raw"], results[p]["cpu_posp"],
                                        strict=True)]),

@@ -5,7 +5,9 @@ composing batches, checking a node's signed batch and deciding the sample (on_ba
 and the group commit (flush). Nodes here are in-process NodeCore objects running a tiny
 512 -> 10 matmul, so their figure is mostly posp's node-side work (digests, receipts,
 one signature per batch); ``pickle`` is a batch result's round trip, what crossing Ray
-adds on top of raw Ray's own transfer of the outputs. Each phase is timed ``--repeats``
+adds on top of raw Ray's own transfer of the outputs. ``per_sampled_task_us`` is what one
+sampled task adds on the coordinator: whole rounds through :class:`LocalDriver` (an
+in-memory ledger, node time subtracted) at p = 1 against p = 0. Each phase is timed ``--repeats``
 times on fresh state and the fastest run is reported (the machine is shared: the minimum
 is the figure least disturbed by neighbours).
 
@@ -31,7 +33,7 @@ from posp.node import NodeCore
 from posp.protocol import Protocol
 from posp.receipts import capture_profile
 from posp.sampling import UniformPolicy
-from posp.scheduler import Scheduler
+from posp.scheduler import LocalDriver, Scheduler
 
 
 def one_run(args: argparse.Namespace, xs: list[np.ndarray], nodes: list[NodeCore],
@@ -73,6 +75,37 @@ def one_run(args: argparse.Namespace, xs: list[np.ndarray], nodes: list[NodeCore
     return {k: v / len(xs) * 1e6 for k, v in out.items()}
 
 
+class _TimedNode(NodeCore):
+    """A node that adds the time it spends to ``spent[0]`` (subtracted from the total)."""
+
+    spent = [0.0]
+
+    def run_batch(self, jobs):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return super().run_batch(jobs)
+        finally:
+            self.spent[0] += time.perf_counter() - t
+
+
+def per_task_us(p: float, xs: list[np.ndarray], runner, batch: int) -> float:  # type: ignore[no-untyped-def]
+    """Coordinator microseconds per task, whole rounds through LocalDriver, nodes excluded."""
+    import random
+
+    nodes = [_TimedNode(NodeKey.from_seed(bytes([i + 1]) * 32),
+                        capture_profile(threads=1, batched=True), runner) for i in range(2)]
+    led = Ledger(":memory:")
+    proto = Protocol(ledger=led, comparator=RelativeL2(1e-4), policy=UniformPolicy(p),
+                     rng=random.Random(1))
+    drv = LocalDriver(nodes, proto, batch_size=batch, rng=random.Random(2))
+    _TimedNode.spent[0] = 0.0
+    t = time.perf_counter()
+    drv.run(xs)
+    dt = time.perf_counter() - t - _TimedNode.spent[0]
+    led.close()
+    return dt / len(xs) * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=3840)
@@ -97,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     out = {k: min(run[k] for run in runs) for k in runs[0]}
     out["coordinator_total_us"] = (out["add_task_us"] + out["next_batch_us"]
                                    + out["on_batch_us"] + out["flush_us"])
+    sub = xs[: min(len(xs), 1920)]
+    p0 = min(per_task_us(0.0, sub, runner, args.batch) for _ in range(args.repeats))
+    p1 = min(per_task_us(1.0, sub, runner, args.batch) for _ in range(args.repeats))
+    out["round_p0_us_per_task"] = p0
+    out["round_p1_us_per_task"] = p1
+    out["per_sampled_task_us"] = p1 - p0
     for k, v in out.items():
         print(f"{k:>22} {v:8.1f} us/job")
     if args.json_out:
