@@ -284,3 +284,16 @@ def test_equivocation_is_caught_through_the_windowed_int_index(monkeypatch) -> N
     proto.on_batch(a.public, res.batch, res.receipts, res.outputs)
     assert proto.stats["equivocations"] == 1 and proto.stats["slashes"] == 1
 
+
+
+def test_evidence_digest_is_digest_value() -> None:
+    from posp.protocol import _evidence_digest, _finite
+
+    rs = _receipts(3, 0)
+    block = ReceiptBlock.of(rs)
+    assert block is not None
+    rb = verify_block(commit_block(KEY, block, batch_seq=0), block)
+    evidence = ["dispute-evidence", 1, b"i" * 32, b"o" * 32,
+                [["asserter", NODE, rb.signed(i).to_wire(), "mismatch", "rel_l2",
+                  _finite(float("inf")), _finite(0.25)] for i in range(3)]]
+    assert _evidence_digest(evidence) == digest_value("evidence", evidence)
