@@ -85,7 +85,8 @@ class _NodeServer:
     def run_jobs(self, job_ids: Sequence[bytes], inputs: Any) -> BatchResult:
         """``run_batch`` with the jobs' two fields sent apart: the ids as a list, the
         inputs packed by :func:`posp.node.pack_values` (or as a plain list)."""
-        if type(inputs) is tuple and len(inputs) == 2 and inputs[0] in ("stacked", "list"):
+        if (type(inputs) is tuple and len(inputs) == 2 and type(inputs[0]) is str
+                and inputs[0] in ("stacked", "list")):
             inputs = unpack_values(inputs)
         return self.core.run_batch([Job(i, x) for i, x in zip(job_ids, inputs, strict=True)])
 

@@ -297,3 +297,9 @@ def test_evidence_digest_is_digest_value() -> None:
                 [["asserter", NODE, rb.signed(i).to_wire(), "mismatch", "rel_l2",
                   _finite(float("inf")), _finite(0.25)] for i in range(3)]]
     assert _evidence_digest(evidence) == digest_value("evidence", evidence)
+
+
+def test_digest_many_of_0d_and_empty_arrays_is_digest_value() -> None:
+    for values in ([np.array(float(i), np.float32) for i in range(5)],
+                   [np.zeros((0, 3), np.float32) for _ in range(3)]):
+        assert digest_many("output", values) == [digest_value("output", v) for v in values]
