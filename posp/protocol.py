@@ -323,13 +323,7 @@ class Protocol:
 
     def first_job(self, task: int, node: bytes) -> Assignment:
         """Issue the first execution of ``task`` on ``node`` (the caller balances load)."""
-        t = self._tasks[task]
-        if not self.is_active(node):
-            raise ConfigError(f"node {node[:4].hex()} is not active", key="node")
-        t.asserter = node
-        a = self._issue(task, node, Role.FIRST)
-        t.first_job = a.job_id
-        return a
+        return Assignment(self.first_jobs([task], node)[0], node, task, _FIRST)
 
     def first_jobs(self, tasks: Sequence[int], node: bytes) -> list[bytes]:
         """:meth:`first_job` for many tasks on one node; returns their job ids in order."""

@@ -674,26 +674,31 @@ class ReceiptRef:
             r = self._receipt = self._rb.receipts[self._index]
         return r
 
+    def _block(self) -> ReceiptBlock | None:
+        """The columns this receipt sits in, while its object has not been built."""
+        if self._receipt is None and self._rb is not None:
+            rs = self._rb.receipts
+            if isinstance(rs, ReceiptBlock):
+                return rs
+        return None
+
     @property
     def job_id(self) -> bytes:
         """The receipt's job id, without building the receipt."""
-        if self._receipt is None and isinstance(self._rb.receipts, ReceiptBlock):  # type: ignore[union-attr]
-            return self._rb.receipts.job_ids[self._index]  # type: ignore[union-attr]
-        return self.receipt.job_id
+        b = self._block()
+        return self.receipt.job_id if b is None else b.job_ids[self._index]
 
     @property
     def output_digest(self) -> bytes:
         """The receipt's output digest, without building the receipt."""
-        if self._receipt is None and isinstance(self._rb.receipts, ReceiptBlock):  # type: ignore[union-attr]
-            return self._rb.receipts.output_digests[self._index]  # type: ignore[union-attr]
-        return self.receipt.output_digest
+        b = self._block()
+        return self.receipt.output_digest if b is None else b.output_digests[self._index]
 
     @property
     def profile_digest(self) -> bytes:
         """The receipt's profile digest, without building the receipt."""
-        if self._receipt is None and isinstance(self._rb.receipts, ReceiptBlock):  # type: ignore[union-attr]
-            return self._rb.receipts.profile_digest  # type: ignore[union-attr]
-        return self.receipt.profile_digest
+        b = self._block()
+        return self.receipt.profile_digest if b is None else b.profile_digest
 
     @classmethod
     def of(cls, signed: SignedReceipt) -> ReceiptRef:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .digest import digest_many, digest_value
+from .digest import digest_many
 from .node import BatchResult, Job, NodeCore
 from .protocol import Assignment, Protocol, Role, State, TaskResult
 from .receipts import JobIds
@@ -108,10 +108,7 @@ class Scheduler:
         self.log: deque[tuple[int, int, int]] = deque(maxlen=10_000)
 
     def add_task(self, value: Any, *, importance: float = 1.0) -> int:
-        tid = self.protocol.new_task(digest_value("input", value), importance=importance)
-        self.inputs[tid] = value
-        self._fresh.append(tid)
-        return tid
+        return self.add_tasks([value], [importance])[0]
 
     def add_tasks(self, values: Sequence[Any],
                   importance: Sequence[float] | None = None) -> list[int]:
