@@ -211,11 +211,20 @@ def _check_rate(rate: float, key: str) -> float:
 
 def rates_to_ppb(rates: Sequence[float] | np.ndarray) -> list[int]:
     """Rates in [0, 1] as integer parts per billion (round half to even), for the ledger."""
-    if type(rates) is list and rates:
-        r0 = rates[0]
-        if type(r0) is float and 0.0 <= r0 <= 1.0 and rates.count(r0) == len(rates):
-            # one rate for the whole batch (the common case): converted once
-            return [int(np.rint(r0 * PPB))] * len(rates)
+    if type(rates) is list:
+        # a batch holds few distinct rates (one per importance, 0.0 for re-executions):
+        # each converted once. round() on a float rounds half to even, as np.rint does
+        conv: dict[float, int] = {}
+        out = []
+        for r in rates:
+            v = conv.get(r)
+            if v is None:
+                if type(r) is not float or not 0.0 <= r <= 1.0:
+                    break  # not a plain float in range: the checked path below
+                v = conv[r] = round(r * PPB)
+            out.append(v)
+        else:
+            return out
     arr = np.asarray(rates, dtype=np.float64).reshape(-1)
     if arr.size and not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
         bad = arr[~((arr >= 0.0) & (arr <= 1.0))][0]
@@ -264,15 +273,16 @@ def decide(
     if not levels:
         return []
     x = decision_ints(seed, commitment, len(levels))
-    if levels.count(levels[0]) == len(levels):  # one rate for the batch: one threshold
-        return (x < np.uint64(-((-levels[0] * _TWO53) // PPB))).tolist()
     # threshold t = ceil(ppb * 2**53 / 1e9): for integer x, x*1e9 < ppb*2**53  <=>  x < t.
     # Computed in Python ints (exact) once per distinct rate.
-    uniq, inverse = np.unique(np.asarray(levels, dtype=np.int64), return_inverse=True)
-    thresholds = np.array(
-        [-((-int(v) * _TWO53) // PPB) for v in uniq.tolist()], dtype=np.uint64
-    )
-    return (x < thresholds[inverse.reshape(-1)]).tolist()
+    l0 = levels[0]
+    if levels.count(l0) == len(levels):  # one rate for the batch: one threshold
+        return (x < np.uint64(-((-l0 * _TWO53) // PPB))).tolist()
+    th: dict[int, int] = {}
+    for v in levels:
+        if v not in th:
+            th[v] = -((-v * _TWO53) // PPB)
+    return (x < np.array([th[v] for v in levels], dtype=np.uint64)).tolist()
 
 
 # ------------------------------------------------------------------------------ policies

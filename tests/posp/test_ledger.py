@@ -422,3 +422,25 @@ def test_in_memory_ledgers_write_no_key_file(tmp_path, monkeypatch) -> None:
         with led.group() as g:
             g.note("hello")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hot_path_payloads_are_the_canonical_encoding(tmp_path):
+    # reward and decision pack their checked values as they are (encode_flat): the bytes
+    # must be exactly encode(values), or an audit that re-encodes would disagree
+    led = bonded(tmp_path)
+    led.epoch_open(1, seed_commitment(b"\x01" * 32))
+    big = 2**63 - 1 - 10**6
+    led.reward(NODES[0], big, ref="r-\u00e9\u4e2d")
+    led.reward(NODES[1], 1, ref="x" * 200)
+    led.decision(1, NODES[0], EVIDENCE, count=3, rates_ppb=[0, 10**9, 127],
+                 sampled=[0, 2], roles=b"fv-")
+    with pytest.raises(SettlementError, match="surrogate"):
+        led.reward(NODES[0], 1, ref="bad-\ud800")  # a typed error, not UnicodeEncodeError
+    rows = sqlite3.connect(tmp_path / "l.db").execute(
+        "SELECT kind, payload FROM events WHERE kind IN ('reward', 'decision') ORDER BY seq"
+    ).fetchall()
+    assert [k for k, _ in rows] == ["reward", "reward", "decision"]
+    assert rows[0][1] == encode([bytes(NODES[0]), big, "r-\u00e9\u4e2d"])
+    assert rows[1][1] == encode([bytes(NODES[1]), 1, "x" * 200])
+    assert rows[2][1] == encode([1, bytes(NODES[0]), EVIDENCE, 3, [0, 10**9, 127], [0, 2], b"fv-"])
+    assert verify(tmp_path / "l.db").ok

@@ -304,6 +304,26 @@ def test_decide_same_on_float_rates_and_their_ppb_round_trip(rates, tag):
     assert d == decide(SEED_A, tag, np.array(rates))
 
 
+@settings(max_examples=300, deadline=None)
+@given(rates=st.lists(st.one_of(st.floats(min_value=0.0, max_value=1.0),
+                                st.integers(0, 2 * 10**9).map(lambda k: k / 2e9)),
+                      min_size=1, max_size=40))
+def test_rates_to_ppb_list_path_equals_numpy_rint(rates):
+    # the list path converts each distinct rate with round(); the array path with np.rint:
+    # both round half to even (k / 2e9 puts many rates exactly on a half ppb)
+    assert rates_to_ppb(rates) == [int(v) for v in np.rint(np.array(rates) * 10**9)]
+    assert rates_to_ppb(rates) == rates_to_ppb(np.array(rates))
+
+
+def test_decide_with_a_few_distinct_rates_equals_one_rate_at_a_time():
+    rates = [0.1, 0.0, 0.5, 0.1, 1.0, 0.0] * 20
+    d = decide(SEED_A, COMMIT, rates)
+    for r in set(rates):
+        alone = decide(SEED_A, COMMIT, [r] * len(rates))
+        assert [a for a, x in zip(alone, rates, strict=True) if x == r] == [
+            a for a, x in zip(d, rates, strict=True) if x == r]
+
+
 @settings(max_examples=100, deadline=None)
 @given(rates=rates_st)
 def test_decide_monotone_in_rate(rates):
