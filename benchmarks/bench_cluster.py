@@ -22,6 +22,13 @@
   does not land on whichever run happens to cross the threshold; the collections that
   still fall inside timed runs are reported (``gc2_s``).
 * Tiny jobs (well under 20 us of compute): posp's batching vs one Ray call per job.
+* ``--profile P``: no throughput runs; one ``map`` at sampling rate P under cProfile with a
+  thread-CPU clock, the driver's main-thread CPU per job split by phase (Ray submit, Ray
+  fetch, the protocol's batch check, the group commit, input digests, ...). The profiler
+  inflates Python code more than Ray's C++, so read the shares, not the totals.
+* ``--pin`` (Linux, a diagnostic): every node actor on CPU 0, the driver on the other
+  CPUs, to see what the ratio is when the coordinator does not take CPU from the nodes.
+  Ray's own daemons still float over all CPUs, so this is not a clean separation.
 
     .venv/bin/python benchmarks/bench_cluster.py --json out/bench_cluster.json \
         --plot docs/bench_cluster.png
@@ -30,8 +37,11 @@
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import json
+import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -100,6 +110,74 @@ def fresh_heap() -> None:
     GC2_S[0] = 0.0
 
 
+def pin_processes() -> dict[str, list[int]]:
+    """``--pin``: every node actor (posp's and the raw baseline's) on CPU 0, this driver
+    on the others, so that the coordinator's work does not take CPU from the nodes (as
+    when the coordinator runs on its own machine). Linux only; Ray's own daemons float."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    nodes = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmd.startswith((b"ray::_NodeServer", b"ray::RawNode")):
+            os.sched_setaffinity(int(pid), {cpus[0]})
+            nodes.append(int(pid))
+    os.sched_setaffinity(0, set(cpus[1:]))
+    return {"node_cpus": [cpus[0]], "driver_cpus": cpus[1:], "node_pids": nodes}
+
+
+# --profile: where the driver's main thread spends its CPU in one map call, by phase
+# (inclusive times of these functions; the rest of map's time is "other")
+PHASES = (
+    ("Ray: submit a batch (serialise, send)", "ray/actor.py", "remote"),
+    ("Ray: fetch a result (deserialise)", "ray/_private/worker.py", "get"),
+    ("Ray: wait (blocked, ~0 CPU)", "ray/_private/worker.py", "wait"),
+    ("posp: check a batch, sample, verdicts (Protocol.on_batch)", "posp/protocol.py",
+     "on_batch"),
+    ("posp: group commit to the ledger (Protocol.flush)", "posp/protocol.py", "flush"),
+    ("posp: register tasks, digest inputs (Scheduler.add_tasks)", "posp/scheduler.py",
+     "add_tasks"),
+    ("posp: form batches (Scheduler.next_batch)", "posp/scheduler.py", "next_batch"),
+    ("posp: stack inputs (pack_values)", "posp/node.py", "pack_values"),
+    ("posp: hand results over (Cluster._settled)", "posp/runtime/cluster.py", "_settled"),
+)
+
+
+def profile_map(cluster, inputs, path: str) -> dict[str, float]:
+    """One ``map`` under cProfile with a thread-CPU clock: microseconds of the driver's
+    main thread per job, by phase. The profiler slows Python code more than C code, so
+    the shares lean towards posp's (Python) phases; the total is printed beside the
+    unprofiled one."""
+    fresh_heap()
+    t0 = time.thread_time()
+    cluster.map(inputs)
+    plain = time.thread_time() - t0
+    fresh_heap()
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    cluster.map(inputs)
+    prof.disable()
+    prof.dump_stats(path)
+    stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+    n = len(inputs)
+
+    def incl(file: str, name: str) -> float:
+        return sum(v[3] for (f, _l, fn), v in stats.items() if f.endswith(file) and fn == name)
+
+    total = incl("posp/runtime/cluster.py", "map")
+    out = {label: incl(f, fn) / n * 1e6 for label, f, fn in PHASES}
+    out["other (map's loop, wait bookkeeping, ...)"] = (total / n * 1e6) - sum(out.values())
+    out["total, profiled"] = total / n * 1e6
+    out["total, same call unprofiled"] = plain / n * 1e6
+    return out
+
+
 def raw_throughput(actors, batches, in_flight: int, *, stacked: bool = False) -> float:
     """Jobs/s of plain actor calls; the driver's CPU seconds land in LAST_RAW_CPU.
 
@@ -165,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default="0,0.01,0.05,0.1,0.2")
     ap.add_argument("--tiny-jobs", type=int, default=3000)
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument("--profile", type=float, metavar="P", default=None,
+                    help="only profile one posp map call at sampling rate P: the driver's "
+                    "CPU per job by phase (writes out/bench/cluster_profile.prof)")
+    ap.add_argument("--pin", action="store_true",
+                    help="node actors on CPU 0, the driver on the others (a diagnostic: "
+                    "what the ratio is when the coordinator does not share the nodes' CPU)")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--replot", metavar="JSON", default=None,
                     help="draw --plot from an earlier --json output, without measuring")
@@ -173,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(json.loads(Path(args.replot).read_text()), args.plot or "docs/bench_cluster.png")
         return 0
     rates = [float(x) for x in args.rates.split(",")]
+    if args.profile is not None:
+        rates = [args.profile]
     batch = 64
     in_flight = 3
     w = get("mlp")
@@ -200,6 +286,21 @@ def main(argv: list[str] | None = None) -> int:
                 params=ProtocolParams(), seed=1,
             )
             clusters[p].map(inputs[:batch])  # warm the node actors
+        if args.profile is not None:
+            Path("out/bench").mkdir(parents=True, exist_ok=True)
+            split = profile_map(clusters[args.profile], inputs, "out/bench/cluster_profile.prof")
+            print(f"driver main thread, CPU us per job, one map of {n_jobs} jobs at "
+                  f"p = {args.profile}:")
+            for label, us in split.items():
+                print(f"  {us:8.1f}  {label}")
+            if args.json_out:
+                Path(args.json_out).write_text(json.dumps(
+                    {"p": args.profile, "jobs": n_jobs, "us_per_job": split}, indent=2))
+            return 0
+        if args.pin:
+            out["pinned"] = pin_processes()
+            print(f"pinned {len(out['pinned']['node_pids'])} node actors to CPU "
+                  f"{out['pinned']['node_cpus']}, the driver to {out['pinned']['driver_cpus']}")
         for rep in range(args.repeats):
             for p in rates:
                 fresh_heap()

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
+import json
 import pstats
 import time
+from pathlib import Path
 from typing import Any
 
 from sim.run import simulate
@@ -94,27 +97,59 @@ def _profile_report(jobs: int, top: int = 25) -> None:
     st.sort_stats("tottime").print_stats(20)
 
 
+def reference_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python and hashing loop, taken before each run:
+    the machine's own speed at that moment. On this shared machine it moves by up to 2x
+    within minutes, and every figure moves with it."""
+    t = time.process_time()
+    d: dict[int, bytes] = {}
+    for i in range(100_000):
+        d[i & 1023] = hashlib.sha256(i.to_bytes(8, "little")).digest()
+    return (time.process_time() - t) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--only", default=",".join(SCENARIOS),
                     help=f"comma-separated subset of {', '.join(SCENARIOS)}")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per scenario; best CPU kept")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per scenario, taken in turns (a slow spell of the machine "
+                    "then hits every scenario, not all the runs of one); best CPU kept")
+    ap.add_argument("--json", dest="json_out", default=None, help="write the figures here")
     args = ap.parse_args()
-    for name in args.only.split(","):
-        s = SCENARIOS[name]
-        best: tuple[float, float, int] | None = None
-        for _ in range(max(args.repeat, 1)):
+    names = args.only.split(",")
+    for name in names:
+        if name not in SCENARIOS:
+            ap.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    runs: dict[str, list[tuple[float, float, int, float]]] = {name: [] for name in names}
+    for _ in range(max(args.repeat, 1)):
+        for name in names:
+            ref = reference_ms()
             cpu = time.process_time()
-            rep = simulate(s)
+            rep = simulate(SCENARIOS[name])
             cpu = time.process_time() - cpu
-            if best is None or cpu < best[0]:
-                best = (cpu, rep.seconds, rep.job_events)
-        assert best is not None
-        cpu, wall, jobs = best
+            runs[name].append((cpu, rep.seconds, rep.job_events, ref))
+    out = {}
+    for name in names:
+        s = SCENARIOS[name]
+        cpu, wall, jobs, ref = min(runs[name])
+        each = [(j / c, r) for c, _w, j, r in runs[name]]
+        rates = sorted(x for x, _r in each)
+        out[name] = {"nodes": s.nodes, "batch_size": s.batch_size, "job_events": jobs,
+                     "best_jobs_per_cpu_s": jobs / cpu, "best_wall_s": wall,
+                     "best_reference_ms": ref,
+                     "each_run": [{"jobs_per_cpu_s": x, "reference_ms": r} for x, r in each]}
+        spread = (f"; all {len(rates)} runs {rates[0]:,.0f}-{rates[-1]:,.0f}"
+                  if len(rates) > 1 else "")
         print(f"{name:>10}: {s.nodes:,} nodes, batch {s.batch_size}, {jobs:,} job "
               f"events in {wall:.2f} s = {jobs / wall:,.0f} jobs/s "
-              f"(CPU {cpu:.2f} s = {jobs / cpu:,.0f} jobs/s)", flush=True)
+              f"(CPU {cpu:.2f} s = {jobs / cpu:,.0f} jobs/s{spread}); machine reference "
+              f"{ref:.0f} ms in the best run, {min(r for _x, r in each):.0f}-"
+              f"{max(r for _x, r in each):.0f} ms over all", flush=True)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
     if args.profile:
         prof = cProfile.Profile()
         rep = prof.runcall(simulate, EVENT_BIG)
