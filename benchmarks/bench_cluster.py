@@ -37,6 +37,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import json
@@ -110,26 +111,26 @@ def fresh_heap() -> None:
     GC2_S[0] = 0.0
 
 
-def pin_processes() -> dict[str, list[int]]:
-    """``--pin``: every node actor (posp's and the raw baseline's) on CPU 0, this driver
-    on the others, so that the coordinator's work does not take CPU from the nodes (as
-    when the coordinator runs on its own machine). Linux only; Ray's own daemons float."""
+def _pin_all_threads(pid: int, cpus: set[int]) -> None:
+    """sched_setaffinity on a pid moves only the thread with that id: move every thread."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def pin_processes(actors: list) -> dict[str, list[int]]:
+    """``--pin``: this run's node actors (posp's and the raw baseline's), every thread, on
+    CPU 0; this driver, every thread, on the other CPUs: the coordinator's work then does
+    not take CPU from the nodes (as when it runs on its own machine), but the two nodes
+    of a run share one CPU. Linux only; Ray's own daemons still float over all CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("--pin needs at least 2 CPUs")
-    nodes = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmd.startswith((b"ray::_NodeServer", b"ray::RawNode")):
-            os.sched_setaffinity(int(pid), {cpus[0]})
-            nodes.append(int(pid))
-    os.sched_setaffinity(0, set(cpus[1:]))
-    return {"node_cpus": [cpus[0]], "driver_cpus": cpus[1:], "node_pids": nodes}
+    pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
+    for pid in pids:
+        _pin_all_threads(pid, {cpus[0]})
+    _pin_all_threads(os.getpid(), set(cpus[1:]))
+    return {"node_cpus": [cpus[0]], "driver_cpus": cpus[1:], "node_pids": pids}
 
 
 # --profile: where the driver's main thread spends its CPU in one map call, by phase
@@ -294,11 +295,13 @@ def main(argv: list[str] | None = None) -> int:
             for label, us in split.items():
                 print(f"  {us:8.1f}  {label}")
             if args.json_out:
+                Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json_out).write_text(json.dumps(
                     {"p": args.profile, "jobs": n_jobs, "us_per_job": split}, indent=2))
             return 0
         if args.pin:
-            out["pinned"] = pin_processes()
+            out["pinned"] = pin_processes(
+                raws + [n.actor for c in clusters.values() for n in c.nodes.values()])
             print(f"pinned {len(out['pinned']['node_pids'])} node actors to CPU "
                   f"{out['pinned']['node_cpus']}, the driver to {out['pinned']['driver_cpus']}")
         for rep in range(args.repeats):

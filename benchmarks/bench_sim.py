@@ -118,7 +118,7 @@ def main() -> None:
                     "then hits every scenario, not all the runs of one); best CPU kept")
     ap.add_argument("--json", dest="json_out", default=None, help="write the figures here")
     args = ap.parse_args()
-    names = args.only.split(",")
+    names = list(dict.fromkeys(args.only.split(",")))  # each once, in the order given
     for name in names:
         if name not in SCENARIOS:
             ap.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")

@@ -22,7 +22,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "signing": (["bench_signing.py"], ["bench_signing.py", "--seconds", "0.3"]),
     "ledger": (["bench_ledger.py"], ["bench_ledger.py", "--settlements", "10000"]),
     "prefill": (["bench_prefill.py"], ["bench_prefill.py", "--repeats", "2"]),
-    "sim": (["bench_sim.py"], ["bench_sim.py"]),
+    "sim": (["bench_sim.py", "--repeat", "3"], ["bench_sim.py"]),
     "coordinator": (["bench_coordinator.py"], ["bench_coordinator.py", "--jobs", "1280"]),
     "cluster": (["bench_cluster.py", "--plot", str(HERE.parent / "docs" / "bench_cluster.png")],
                 ["bench_cluster.py", "--batches", "20", "--repeats", "1"]),
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         full, quick = BENCHES[name]
         cmd = [sys.executable, str(HERE / (quick if args.quick else full)[0]),
                *(quick if args.quick else full)[1:]]
-        if name != "sim":
-            cmd += ["--json", str(OUT / f"{name}.json")]
+        cmd += ["--json", str(OUT / f"{name}.json")]
         print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(cmd)

@@ -217,10 +217,12 @@ def rates_to_ppb(rates: Sequence[float] | np.ndarray) -> list[int]:
         conv: dict[float, int] = {}
         out = []
         for r in rates:
+            if type(r) is not float:
+                break  # an int, a numpy scalar or array, ...: the checked path below
             v = conv.get(r)
             if v is None:
-                if type(r) is not float or not 0.0 <= r <= 1.0:
-                    break  # not a plain float in range: the checked path below
+                if not 0.0 <= r <= 1.0:
+                    break  # out of range or NaN: the checked path raises
                 v = conv[r] = round(r * PPB)
             out.append(v)
         else:

@@ -315,6 +315,13 @@ def test_rates_to_ppb_list_path_equals_numpy_rint(rates):
     assert rates_to_ppb(rates) == rates_to_ppb(np.array(rates))
 
 
+def test_rates_to_ppb_takes_numpy_values_inside_a_list():
+    # a policy may return a numpy scalar or 0-d array as a rate: it lands in a list
+    assert rates_to_ppb([0.5, np.array(0.25), np.float32(0.5), 1]) == [
+        500_000_000, 250_000_000, 500_000_000, 10**9]
+    assert rates_to_ppb([np.array(0.5)]) == [500_000_000]
+
+
 def test_decide_with_a_few_distinct_rates_equals_one_rate_at_a_time():
     rates = [0.1, 0.0, 0.5, 0.1, 1.0, 0.0] * 20
     d = decide(SEED_A, COMMIT, rates)
