@@ -29,8 +29,9 @@ from sim.scenario import Scenario
 SHARED = Scenario(engine="event", nodes=6, cheaters=3, cheat_rate=0.1, sample_rate=0.1,
                   validators=1, arbiters=3, tasks_per_node=60, runs=24, batch_size=8, seed=5)
 RUNS = {"montecarlo": 2000, "event": 24, "ray": 4}
-#: chance that a correct engine fails one tail check (both tails together)
-ALPHA = 1e-3
+#: chance that a correct engine fails one statistic's check (both tails together); with
+#: the two statistics a correct engine fails about 1.3 ALPHA of the time (measured)
+ALPHA = 2e-4
 DRAWS = 200_000
 COMPARED = ("detection_within_n", "mean_tasks_to_detection")
 
@@ -121,10 +122,11 @@ def test_ray_agrees_with_montecarlo_and_event(ray_session):
 
 def test_tail_check_rejects_a_wrong_measurement():
     """The exact check can fail. Ray-sized samples (deterministic: seeded Monte-Carlo runs)
-    of a wrong measurement are rejected most of the time, those of the right one are not:
-    a sampling rate of 0.01 instead of 0.1 (detection about 0.12, not 0.7), and a catch
-    index counted in the wrong unit (doubled). Its power is that of 12 cheaters: a wrong
-    rate of 0.03 (detection 0.33) is rejected only about a fifth of the time."""
+    of a wrong measurement are rejected often, those of the right one are not: a sampling
+    rate of 0.01 instead of 0.1 (detection about 0.12, not 0.7) and a catch index counted
+    in the wrong unit (doubled) are each rejected about half the time. Its power is that of
+    12 cheaters at a false-failure rate near 3e-4: a wrong rate of 0.03 (detection 0.33)
+    is rejected only about one time in 14."""
     n, runs = 50, RUNS["ray"]
 
     def rejected(rows: np.ndarray) -> int:
@@ -140,5 +142,5 @@ def test_tail_check_rejects_a_wrong_measurement():
     low_p = _catches(simulate(SHARED.replace(engine="montecarlo", sample_rate=0.01,
                                              runs=runs * n, seed=11)))
     assert rejected(right) <= 1
-    assert rejected(low_p) >= n // 2
-    assert rejected(right * 2) >= n // 2
+    assert rejected(low_p) >= n // 3
+    assert rejected(right * 2) >= n // 3
