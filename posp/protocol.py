@@ -536,10 +536,11 @@ class Protocol:
         roles: bytes = b"",
     ) -> list[Assignment]:
         ppb = rates_to_ppb(rates)
-        picks = decide(self._seed, batch.commitment, ppb=ppb)
+        commitment = batch.commitment  # a digest computed on each access: once here
+        picks = decide(self._seed, commitment, ppb=ppb)
         sampled = sorted(i for i, _job, _ref, _o in firsts if picks[i])
         self._op(
-            "decision", self.epoch, node, batch.commitment,
+            "decision", self.epoch, node, commitment,
             count=batch.count, rates_ppb=ppb, sampled=sampled, roles=roles,
         )
         follow: list[Assignment] = []
@@ -562,7 +563,7 @@ class Protocol:
             follow.extend(self._start_validation(t))
         if unsampled and self.params.reward:
             self.nodes[node].stake += self.params.reward * unsampled
-            self._op("reward", node, self.params.reward * unsampled, ref=batch.commitment.hex())
+            self._op("reward", node, self.params.reward * unsampled, ref=commitment.hex())
         return follow
 
     def _pick(self, count: int, exclude: Iterable[bytes]) -> list[bytes] | None:

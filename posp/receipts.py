@@ -460,8 +460,9 @@ def _block_from_wire(node: bytes, profile: bytes, seq0: int, jids: bytes, ins: b
 
 
 def _header_digest(node: bytes, batch_seq: int, count: int, root: bytes) -> bytes:
+    # every caller passes checked wire values (bytes and uints): no conversion pass
     header = [BatchCommitment.TAG, BatchCommitment.VERSION, node, batch_seq, count, root]
-    return digest("batch", encode(header))
+    return digest("batch", encode_flat(header))
 
 
 @record
