@@ -11,6 +11,9 @@ Each function here is the array form of one scalar rule elsewhere in the core, a
   (the output at least ``(k + 1) // 2`` arbiters agree on wins, ties to the first such
   arbiter; every party or arbiter that disagrees with it is slashed; no majority, no
   slash);
+- :func:`paid`: the payments of ``_judge_arbitration`` and ``_finish_unresolved`` (a
+  resolved dispute pays everyone not slashed; one without a majority pays only the
+  arbiters: the disputed job pays neither party);
 - :func:`slash_amounts` and :func:`ejected`: ``Protocol._slash`` (a slash is bounded by
   the stake; a node below the minimum bond is ejected).
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NO_MAJORITY", "disputes", "ejected", "losers", "majority", "sample_mask",
+__all__ = ["NO_MAJORITY", "disputes", "ejected", "losers", "majority", "paid", "sample_mask",
            "slash_amounts"]
 
 #: the label :func:`majority` returns for a panel without a majority
@@ -62,6 +65,17 @@ def losers(labels: np.ndarray, winner: np.ndarray) -> np.ndarray:
     shape ``(D, P)``) that differs from the winner; nobody where there is no majority."""
     w = np.asarray(winner)
     return (w != NO_MAJORITY)[:, None] & (np.asarray(labels) != w[:, None])
+
+
+def paid(winner: np.ndarray, lose: np.ndarray, parties: int) -> np.ndarray:
+    """Who is paid in each dispute: ``lose`` as from :func:`losers` (shape ``(D, P)``, the
+    first ``parties`` columns the asserter and its validators, the rest arbiters). With a
+    majority, everyone not slashed; without one, the arbiters only (they did their work;
+    a disputed job that nobody could settle pays neither party)."""
+    lose = np.asarray(lose, dtype=bool)
+    resolved = (np.asarray(winner) != NO_MAJORITY)[:, None]
+    arbiter = (np.arange(lose.shape[1]) >= parties)[None, :]
+    return np.where(resolved, ~lose, arbiter)
 
 
 def slash_amounts(stake: np.ndarray, slash: float, count: np.ndarray | int = 1) -> np.ndarray:

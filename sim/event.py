@@ -33,6 +33,7 @@ from posp.receipts import capture_profile
 from posp.sampling import EpochSeed, UniformPolicy
 
 from .env import Environment
+from .ledgerpay import ledger_amounts
 from .metrics import Observations
 from .scenario import Scenario
 from .strategies import NodeView, Strategy, scenario_strategies
@@ -245,6 +246,8 @@ def _one_run(s: Scenario, env: Environment, run: int,
     rec_first: list[bool] = []
     rec_skip: list[bool] = []
     rec_batch: list[tuple[int, int, int, int]] = []
+    rec_commit: list[Any] = []  # each measured batch's commitment (its reward's ref)
+    task_ref: dict[int, bytes] = {}  # sampled task -> its first job id (its settlements' ref)
     slashed: set[tuple[int, bytes]] = set()
     disputes_honest = 0
     reentries = 0
@@ -269,6 +272,9 @@ def _one_run(s: Scenario, env: Environment, run: int,
         for r in proto.flush():
             if r.state is not NOT_SAMPLED:
                 owner[r.asserter].unsampled_run = 0
+                jid = r.job_id
+                if jid is not None:
+                    task_ref[r.task] = jid
             if r.slashed:
                 hon = False
                 for n in r.slashed:
@@ -333,6 +339,7 @@ def _one_run(s: Scenario, env: Environment, run: int,
                 rec_first += first
                 rec_skip.extend(beh.skipped or [False] * n)
                 rec_batch.append((sl.index, ident[pub], sl.jobs + 1, n))
+                rec_commit.append(res.batch)
                 sl.computed += beh.computed
                 sl.unsampled_run += sum(first)
                 sl.jobs += n
@@ -363,12 +370,15 @@ def _one_run(s: Scenario, env: Environment, run: int,
         if progress is not None:
             progress(run * M * N + sum(min(sl.jobs, N) for sl in slots), s.runs * M * N)
     settle()
+    ledger_pay = ledger_amounts(ledger)
     ledger.close()
 
     # ---- per-slot observations from the job log and the protocol's slashes
-    (first_catch, undetected, first_jobs, first_skipped, first_slashed,
-     profit) = _job_metrics(s, rec_task, rec_first, rec_skip, rec_batch, ident, ident_first,
-                            slashed)
+    (first_catch, undetected, first_jobs, first_skipped,
+     first_slashed) = _job_metrics(s, rec_task, rec_first, rec_skip, rec_batch, ident,
+                                   ident_first, slashed)
+    by_ident = {i: pub for pub, i in ident.items()}
+    profit = _profit(M, rec_task, rec_batch, rec_commit, by_ident, task_ref, ledger_pay)
     profit -= s.cost * np.array([sl.computed for sl in slots], dtype=np.float64)
     return Observations(
         cheater=np.array([sl.cheater for sl in slots]),
@@ -381,13 +391,35 @@ def _one_run(s: Scenario, env: Environment, run: int,
         extra={"job_events": total_jobs, "rounds": rounds})
 
 
+def _profit(M: int, tasks: list[int], batches: list[tuple[int, int, int, int]],
+            commits: list[Any], by_ident: dict[int, bytes], task_ref: dict[int, bytes],
+            pay: dict[tuple[str, bytes], int]) -> np.ndarray:
+    """Each slot's ledger income (before the cost of computing) from its measured jobs:
+    the batch's reward for its unsampled first executions (referenced by the batch
+    commitment), and whatever each sampled task it took part in paid or slashed it
+    (referenced by the task's first job), as the protocol settled it: a dispute without a
+    majority pays neither party, a slash takes at most the stake."""
+    profit = np.zeros(M)
+    pos = 0
+    for (slot, iid, _start, n), batch in zip(batches, commits, strict=True):
+        pub = by_ident[iid]
+        acc = pay.get((batch.commitment.hex(), pub), 0)
+        for t in tasks[pos:pos + n]:
+            jid = task_ref.get(t)
+            if jid is not None:
+                acc += pay.get((jid.hex(), pub), 0)
+        profit[slot] += acc
+        pos += n
+    return profit
+
+
 def _job_metrics(s: Scenario, task: list[int], first: list[bool], skip: list[bool],
                  batches: list[tuple[int, int, int, int]], ident: dict[bytes, int],
                  ident_first: list[bool], slashed: set[tuple[int, bytes]],
                  ) -> tuple[np.ndarray, ...]:
-    """Per-slot detection, first-execution and profit figures from the measured jobs
-    (arrays over every job at once): first_catch, undetected, first_jobs,
-    first_skipped, first_slashed, profit (before the cost of computing)."""
+    """Per-slot detection and first-execution figures from the measured jobs (arrays over
+    every job at once): first_catch, undetected, first_jobs, first_skipped,
+    first_slashed."""
     M = s.nodes
     b = np.array(batches, np.int64).reshape(-1, 4)
     counts = b[:, 3]
@@ -417,7 +449,4 @@ def _job_metrics(s: Scenario, task: list[int], first: list[bool], skip: list[boo
     first_jobs = np.bincount(slot[is_first], minlength=M).astype(np.int64)
     first_skipped = np.bincount(slot[is_first & skipped], minlength=M).astype(np.int64)
     first_slashed = np.bincount(slot[is_first & hit], minlength=M).astype(np.int64)
-    # profit from the protocol's verdicts on the measured jobs: paid unless slashed
-    pay = np.where(hit, -float(s.effective_slash), float(s.reward))
-    profit = np.bincount(slot, weights=pay, minlength=M).astype(np.float64)
-    return first_catch, undetected, first_jobs, first_skipped, first_slashed, profit
+    return first_catch, undetected, first_jobs, first_skipped, first_slashed

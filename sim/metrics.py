@@ -2,7 +2,8 @@
 
 Every engine returns :class:`Observations` (per node identity, all runs concatenated);
 :func:`compute_metrics` turns them into ``{name: Metric}``. A metric *agrees* when
-``|measured - theory| <= 3 * stderr`` (and trivially when the theory is undefined).
+``|measured - theory| <= 3 * stderr``, and trivially when there is nothing to compare
+(no theory, or nothing measured): ``compared`` says which.
 """
 
 from __future__ import annotations
@@ -48,16 +49,24 @@ class Metric:
     stderr: float
 
     @property
+    def compared(self) -> bool:
+        """Whether there is a measurement and a theory to compare (a run with no disputes
+        measures no false-slash rate; an adaptive strategy has no theory)."""
+        return (self.theory is not None and self.measured is not None
+                and math.isfinite(self.measured) and math.isfinite(self.theory))
+
+    @property
     def agrees(self) -> bool:
-        if self.theory is None:
+        """Within 3 standard errors; true when there is nothing to compare (nothing
+        disagrees: see :attr:`compared`)."""
+        if not self.compared:
             return True
-        if self.measured is None:
-            return False
+        assert self.measured is not None and self.theory is not None
         return bool(abs(self.measured - self.theory) <= AGREE_SIGMAS * self.stderr + 1e-12)
 
     def to_dict(self) -> dict[str, Any]:
         return {"measured": _j(self.measured), "theory": _j(self.theory),
-                "stderr": _j(self.stderr), "agrees": self.agrees}
+                "stderr": _j(self.stderr), "agrees": self.agrees, "compared": self.compared}
 
 
 def _j(x: float | None) -> float | None:
@@ -151,8 +160,12 @@ def compute_metrics(obs: Observations, s: Scenario, th: Theory | None) -> dict[s
         prof, se = _ratio_se(obs.profit[mask].astype(np.float64),
                              obs.jobs[mask].astype(np.float64))
         t = None
-        if g is not None and not (name == "honest" and s.challenger_share):
-            t = s.reward * (1 - g.crash - g.d) - s.cost * g.compute - S * g.d
+        # no closed form: an honest node's share of slashes (challenger_share), or a
+        # cheater whose first slash ejects it (bond - slash < min_bond), where later slashes
+        # of the same round take only what is left of its stake (docs/THEORY.md)
+        if g is not None and not (name == "honest" and s.challenger_share) \
+                and not (name == "cheater" and s.bond - S < s.min_bond):
+            t = s.reward * (1 - g.crash - g.d - g.unpaid) - s.cost * g.compute - S * g.d
         out[f"{name}_profit_per_job"] = Metric(prof, t, se)
     # the gain of cheating over honest work (R - C per job): crosses zero at p*
     cp = out["cheater_profit_per_job"]

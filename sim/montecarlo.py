@@ -3,8 +3,8 @@
 Each round, every active node asserts one task; sampled tasks get ``n`` validators drawn
 uniformly from the other active nodes of the same run; disputes get ``k`` arbiters drawn
 from the rest. Outputs are integer labels (0 correct, 1 the ring's output, >= 2 a
-distinct wrong output). Sampling, dispute, majority, slash and eject decisions are the
-core's vectorised rules (:mod:`posp.vectorised`); strategies are the same classes the
+distinct wrong output). Sampling, dispute, majority, payment, slash and eject decisions
+are the core's vectorised rules (:mod:`posp.vectorised`); strategies are the same classes the
 other engines use. Load is equal in expectation (validators and arbiters are uniform),
 and a node's jobs within a round are taken in random order, as a batch is shuffled.
 """
@@ -16,7 +16,16 @@ from collections.abc import Callable
 import numpy as np
 
 from posp.errors import ConfigError
-from posp.vectorised import disputes, ejected, losers, majority, sample_mask, slash_amounts
+from posp.vectorised import (
+    NO_MAJORITY,
+    disputes,
+    ejected,
+    losers,
+    majority,
+    sample_mask,
+    slash_amounts,
+)
+from posp.vectorised import paid as paid_in_dispute
 
 from .env import Environment
 from .metrics import Observations
@@ -171,6 +180,7 @@ def run_montecarlo(s: Scenario, env: Environment,
                 VL[:, j], v_skip[:, j], v_comp[:, j] = labels_for(vj, ring_lab, 3 + j)
             disp = disputes(a_lab, VL) & v_ok
             v_slashed = np.zeros((T, n), bool)
+            v_paid = np.ones((T, n), bool)
             D_idx = np.flatnonzero(disp)
             if D_idx.size:
                 parties = np.concatenate([asserters[D_idx, None], V[D_idx]], axis=1)
@@ -183,21 +193,25 @@ def run_montecarlo(s: Scenario, env: Environment,
                 for j in range(k):
                     aj = np.where(Aq[:, j] >= 0, Aq[:, j], asserters[D_idx])
                     AL[:, j], ar_skip[:, j], ar_comp[:, j] = labels_for(aj, rl, 3 + n + j)
-                win = majority(AL)
+                # a panel that could not be filled settles nothing, like no majority
+                win = np.where(a_ok, majority(AL), NO_MAJORITY)
                 lab_all = np.concatenate([a_lab[D_idx, None], VL[D_idx], AL], axis=1)
-                lose = losers(lab_all, win) & a_ok[:, None]
+                lose = losers(lab_all, win)
+                pay = paid_in_dispute(win, lose, 1 + n)
                 who = np.concatenate([parties, Aq], axis=1)
                 n_disputes += int(a_ok.sum())
                 hon = honest_mask[np.where(who >= 0, who, 0)] & (who >= 0)
                 n_honest_slashed += int(np.any(lose & hon, axis=1).sum())
                 f_slashed[S_idx[D_idx]] = lose[:, 0]
+                f_paid[S_idx[D_idx]] = pay[:, 0]
                 v_slashed[D_idx] = lose[:, 1:1 + n]
+                v_paid[D_idx] = pay[:, 1:1 + n]
                 ar = Aq[a_ok].ravel()
                 arl = lose[a_ok][:, 1 + n:].ravel()
-                record(ar, ar_skip[a_ok].ravel(), arl, ~arl, ar_comp[a_ok].ravel())
+                record(ar, ar_skip[a_ok].ravel(), arl, pay[a_ok][:, 1 + n:].ravel(),
+                       ar_comp[a_ok].ravel())
             vm = v_ok[:, None] & (V >= 0)
-            record(V[vm], v_skip[vm], v_slashed[vm], ~v_slashed[vm], v_comp[vm])
-        f_paid &= ~f_slashed
+            record(V[vm], v_skip[vm], v_slashed[vm], v_paid[vm], v_comp[vm])
         f_comp = ~crash & ~skip
 
         # ---- settle the round: first executions are aligned with A, the rest recorded

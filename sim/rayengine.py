@@ -40,10 +40,11 @@ from posp.compare import Exact
 from posp.errors import ConfigError
 from posp.ledger import Ledger
 from posp.node import Job
-from posp.protocol import ProtocolParams, Role
+from posp.protocol import ProtocolParams, Role, State
 from posp.scheduler import Batch, Scheduler
 
 from .env import Environment
+from .ledgerpay import ledger_amounts
 from .metrics import Observations
 from .scenario import Scenario
 from .strategies import NodeView, scenario_strategies
@@ -245,6 +246,7 @@ def _one_run(s: Scenario, env: Environment, run: int, rate: float, guess: float,
             # jobs per task in steady state: 1 + p n + p delta k (delta <= 1)
             per_task = 1 + s.sample_rate * s.validators * (1 + 0.25 * s.arbiters)
             next_x = 0
+            results = []
 
             def received(pub: bytes) -> int:
                 return sum(1 for _j, t, _r in sched.received.get(pub, ()) if t >= 0)
@@ -263,13 +265,29 @@ def _one_run(s: Scenario, env: Environment, run: int, rate: float, guess: float,
                     if progress is not None:
                         progress(_d0 + min(M * N, done), s.runs * M * N)
 
-                c.map(xs, progress=prog)
+                results += c.map(xs, progress=prog)
             stats = dict(c.protocol.stats)
+            pay = ledger_amounts(c.ledger)
             slash_events = [ev for ev in c.ledger.events() if ev.kind == "slash"]
             balances = {p: c.ledger.balance(p) for p in publics}
             slashed_after = [c.nodes[p].slashed_after for p in publics[:s.cheaters]
                              if c.nodes[p].slashed_after is not None]
             dispatched = c.jobs_dispatched
+            # what each measured job earned: an unsampled first execution its share of its
+            # batch's reward (ref: the batch commitment), any other job what its task's
+            # settlements paid or slashed its node (ref: the task's first job)
+            batch_of: dict[int, str] = {}
+            unsampled: dict[str, int] = {}
+            task_ref: dict[int, str] = {}
+            for r in results:
+                if r.receipt_ref is None:
+                    continue
+                if r.state is State.NOT_SAMPLED:
+                    ch = r.receipt.batch.commitment.hex()
+                    batch_of[r.task] = ch
+                    unsampled[ch] = unsampled.get(ch, 0) + 1
+                else:
+                    task_ref[r.task] = r.receipt_ref.job_id.hex()
     # ---- which (task, node) got slashed: slash events name the task by its first job id
     first_job_of: dict[int, bytes] = {}
     for log in sched.received.values():
@@ -295,7 +313,6 @@ def _one_run(s: Scenario, env: Environment, run: int, rate: float, guess: float,
     first_jobs = np.zeros(M, np.int64)
     first_skipped = np.zeros(M, np.int64)
     first_slashed = np.zeros(M, np.int64)
-    S = s.effective_slash
     decoys = 0
     total = 0
     for pub, log in sched.received.items():
@@ -309,7 +326,11 @@ def _one_run(s: Scenario, env: Environment, run: int, rate: float, guess: float,
             skipped = cheats and cheat_decision(salts[i], jid, rate, guess)[0]
             hit = (t, pub) in slashed
             jobs[i] += 1
-            profit[i] += -S if hit else s.reward
+            if role is Role.FIRST and t in batch_of:
+                ch = batch_of[t]
+                profit[i] += pay.get((ch, pub), 0) / unsampled[ch]
+            elif t in task_ref:
+                profit[i] += pay.get((task_ref[t], pub), 0)
             profit[i] -= 0 if skipped else s.cost
             if role is Role.FIRST:
                 first_jobs[i] += 1

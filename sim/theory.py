@@ -43,6 +43,7 @@ class GroupRates:
     crash: float  # crashed (unpaid, free)
     d_first: float  # slashed on its own asserted job, per asserted job
     skip_first: float
+    unpaid: float = 0.0  # a party to a dispute without a majority (paid nothing)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ def theory(s: Scenario, skip: float, *, guess_accuracy: float = 0.0,
         H = H0
         false_slash = 0.0
         ch_d_first, ch_skip_first = dF, skip
+        # a dispute's arbiters reach a majority only with m correct outputs (wrong ones
+        # never agree): with probability 1 - H0 nobody is slashed and neither party is
+        # paid. A node is a party on its sampled own jobs and on its validation jobs, and
+        # its job is disputed unless its own output and the n others are all right
+        ch_u = (pi[0] * p + pi[1]) * (1 - (1 - e) * (1 - a) ** n) * (1 - H0)
+        hon_u = (pi[0] * p + pi[1]) * (1 - (1 - a) ** n) * (1 - H0)
     else:
         r = s.ring_size / M
         H = honest_majority(k, r)
@@ -104,12 +111,16 @@ def theory(s: Scenario, skip: float, *, guess_accuracy: float = 0.0,
         hon_d = pi[0] * hF + pi[1] * hV + pi[2] * Gr
         false_slash = 1 - H
         ch_d_first, ch_skip_first = dF, skip
+        # two outputs per dispute (the ring's and the correct one) and k odd: the arbiters
+        # always reach a majority, so every party is paid or slashed
+        ch_u = hon_u = 0.0
     cheater = GroupRates(
         d=ch_d * (1 - crash_cheater), skip=ch_skip * (1 - crash_cheater),
         compute=ch_compute * (1 - crash_cheater), crash=crash_cheater,
-        d_first=ch_d_first, skip_first=ch_skip_first)
+        d_first=ch_d_first, skip_first=ch_skip_first, unpaid=ch_u * (1 - crash_cheater))
     honest = GroupRates(d=hon_d * (1 - crash_honest), skip=0.0, compute=1 - crash_honest,
-                        crash=crash_honest, d_first=0.0, skip_first=0.0)
+                        crash=crash_honest, d_first=0.0, skip_first=0.0,
+                        unpaid=hon_u * (1 - crash_honest))
     S = s.effective_slash
     catch = (1 - r**n) * H
     p_star = math.inf if catch * (s.reward + S) == 0 else s.cost / (catch * (s.reward + S))
@@ -125,7 +136,7 @@ def _blind_threshold(s: Scenario, acc: float) -> float:
 
     def gain(p: float) -> float:
         c = theory(s, 1.0, guess_accuracy=acc, sample_rate=p, _blind=False).cheater
-        return s.cost * (1 - c.compute) - (s.reward + S) * c.d
+        return s.cost * (1 - c.compute) - (s.reward + S) * c.d - s.reward * c.unpaid
 
     lo, hi = 0.0, 1.0
     if gain(hi) > 0:

@@ -20,7 +20,7 @@ NAMED = ("detection_within_n", "mean_tasks_to_detection", "median_tasks_to_detec
 def test_must_show_scenario_agrees_with_theory():
     rep = simulate(load_scenario(f"{SCEN}/must_show.toml"))
     for name, m in rep.metrics.items():
-        assert m.theory is not None, name
+        assert m.theory is not None and m.compared, name
         assert m.agrees, (name, m)
     for name in NAMED[1:4]:
         m = rep.metrics[name]
@@ -57,6 +57,28 @@ def test_event_and_montecarlo_agree_on_shared_scenario():
     assert ev.metrics["false_slash_rate"].measured == 0.0
 
 
+def test_disputes_without_a_majority_pay_neither_party_in_every_engine():
+    """Half the nodes always cheat, so half the disputes find no arbiter majority: the
+    core then pays neither party. The engines' profits (the event engine's read from the
+    ledger) agree with each other on one population, and with the theory, which counts
+    those unpaid jobs, on a population large enough for it (at 100 nodes a cheater's
+    counterparties are 49/99 cheaters, not 1/2: its catch rate is 1.5% higher). A theory of
+    "paid unless slashed" would be off by over 100 standard errors."""
+    s = Scenario(engine="event", nodes=100, cheaters=50, cheat_rate=1.0, sample_rate=0.3,
+                 tasks_per_node=150, runs=1, bond=10**7, seed=4)
+    ev = simulate(s)
+    mc = simulate(s.replace(engine="montecarlo", runs=40))
+    big = simulate(s.replace(engine="montecarlo", nodes=4000, cheaters=2000, runs=1))
+    assert ev.theory is not None and ev.theory.honest.unpaid > 0.05
+    for name in ("cheater_profit_per_job", "honest_profit_per_job"):
+        e, m, b = ev.metrics[name], mc.metrics[name], big.metrics[name]
+        assert e.agrees and b.agrees, (name, e, b)
+        assert abs(e.measured - m.measured) <= 3 * math.hypot(e.stderr, m.stderr), (name, e, m)
+    h = big.metrics["honest_profit_per_job"]
+    paid_unless_slashed = s.reward - s.cost  # an honest node is never slashed
+    assert paid_unless_slashed - h.measured > 100 * h.stderr
+
+
 def test_event_engine_never_slashes_honest_crash_prone_nodes():
     s = Scenario(engine="event", nodes=8, cheaters=0, honest_strategy="crash_prone",
                  crash_rate=0.02, tasks_per_node=60, runs=1, seed=2)
@@ -73,7 +95,11 @@ def test_strategies_run_on_montecarlo(strategy, opts):
     s = Scenario(nodes=200, cheaters=20, strategy=strategy, options=opts, cheat_rate=1.0,
                  runs=4, tasks_per_node=100, seed=1, slash=1000, bond=2000, min_bond=1000)
     rep = simulate(s)
-    assert rep.metrics["honest_profit_per_job"].measured == pytest.approx(5.0)
+    # honest nodes are never slashed; they lose a reward only in a dispute that a
+    # cheating arbiter left without a majority (about 0.1% of their jobs here)
+    obs = rep.observations
+    assert obs.first_catch[obs.honest].max() == 0
+    assert 4.95 < rep.metrics["honest_profit_per_job"].measured <= 5.0
     if strategy == "sybil":
         assert rep.observations.reentries > 0
     if strategy == "lazy_validator":

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-from sim.event import _job_metrics
+from sim.event import _job_metrics, _profit
 from sim.run import simulate
 from sim.scenario import Scenario
 
@@ -18,7 +18,7 @@ def _reference(s, task, first, skip, batches, ident, ident_first, slashed):
     pub_of = {i: p for p, i in ident.items()}
     first_catch, undetected = np.zeros(M, np.int64), np.zeros(M, np.int64)
     first_jobs, first_skipped = np.zeros(M, np.int64), np.zeros(M, np.int64)
-    first_slashed, profit = np.zeros(M, np.int64), np.zeros(M)
+    first_slashed = np.zeros(M, np.int64)
     per_slot: dict[int, list[tuple[int, bool, bool]]] = {}
     k = 0
     for slot, iid, start, n in batches:
@@ -30,7 +30,6 @@ def _reference(s, task, first, skip, batches, ident, ident_first, slashed):
                 first_jobs[slot] += 1
                 first_skipped[slot] += skip[k]
                 first_slashed[slot] += hit
-            profit[slot] += -s.effective_slash if hit else s.reward
             k += 1
     for i, evs in per_slot.items():
         hits = [idx for idx, _sk, hit in evs if hit]
@@ -38,7 +37,7 @@ def _reference(s, task, first, skip, batches, ident, ident_first, slashed):
             t = min(hits)
             first_catch[i] = t
             undetected[i] = sum(1 for idx, sk, hit in evs if idx < t and sk and not hit)
-    return first_catch, undetected, first_jobs, first_skipped, first_slashed, profit
+    return first_catch, undetected, first_jobs, first_skipped, first_slashed
 
 
 def test_job_metrics_match_the_per_job_definition():
@@ -81,6 +80,34 @@ def test_job_metrics_match_the_per_job_definition():
         assert np.array_equal(g, w)
     none = _job_metrics(s, [], [], [], [], ident, ident_first, set())
     assert all(a.shape == (s.nodes,) and not a.any() for a in none)
+
+
+class _Batch:
+    def __init__(self, commitment: bytes) -> None:
+        self.commitment = commitment
+
+
+def test_profit_is_what_the_ledger_settled_on_the_measured_jobs():
+    """_profit adds, per measured batch, the batch's reward (ref: its commitment) and, per
+    measured job of a sampled task, what that task's settlements paid or slashed the
+    job's identity (ref: the task's first job); nothing else of the ledger counts."""
+    a, b = b"A" * 32, b"B" * 32
+    by_ident = {0: a, 1: b}
+    batches = [(0, 0, 1, 3), (1, 1, 1, 2), (0, 0, 4, 1)]
+    commits = [_Batch(b"\x01" * 32), _Batch(b"\x02" * 32), _Batch(b"\x03" * 32)]
+    tasks = [10, 11, 12, 10, 13, 14]  # task 10: a's first job, b validated it
+    task_ref = {10: b"\x0a" * 16, 13: b"\x0d" * 16, 99: b"\x63" * 16}
+    pay = {
+        ((b"\x01" * 32).hex(), a): 20,  # two unsampled first jobs of the first batch
+        ((b"\x02" * 32).hex(), b): 10,
+        ((b"\x0a" * 16).hex(), a): -1000,  # a slashed on task 10, b paid and a challenger
+        ((b"\x0a" * 16).hex(), b): 10 + 250,
+        ((b"\x0d" * 16).hex(), b): 0,  # task 13: unresolved, b paid nothing
+        ((b"\x63" * 16).hex(), a): 10,  # task 99: a job outside the measured rounds
+        ((b"\x03" * 32).hex(), b): 10,  # another node's batch reward
+    }
+    profit = _profit(3, tasks, batches, commits, by_ident, task_ref, pay)
+    assert profit.tolist() == [20 - 1000, 10 + 10 + 250 + 0, 0.0]
 
 
 def test_event_engine_same_seed_same_observations():

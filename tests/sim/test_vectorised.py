@@ -14,7 +14,15 @@ from posp.protocol import Protocol, ProtocolParams
 from posp.receipts import capture_profile
 from posp.sampling import EpochSeed, UniformPolicy, decide
 from posp.scheduler import LocalDriver
-from posp.vectorised import NO_MAJORITY, disputes, ejected, losers, majority, sample_mask
+from posp.vectorised import (
+    NO_MAJORITY,
+    disputes,
+    ejected,
+    losers,
+    majority,
+    paid,
+    sample_mask,
+)
 
 
 @pytest.mark.parametrize("rate", [0.01, 0.3, 0.9])
@@ -35,6 +43,10 @@ def test_majority_and_losers_small_cases():
     assert losers(lab, win).tolist() == [[False, True, False, False, True], [False] * 5]
     assert disputes(np.array([1, 1]), np.array([[1], [2]])).tolist() == [False, True]
     assert ejected(np.array([999, 1000]), 1000).tolist() == [True, False]
+    # paid: a resolved dispute pays everyone not slashed; an unresolved one the arbiters
+    # only (2 parties here: asserter and one validator)
+    assert paid(win, losers(lab, win), 2).tolist() == [
+        [True, False, True, True, False], [False, False, True, True, True]]
 
 
 class _Scripted:
@@ -53,10 +65,11 @@ class _Scripted:
 
 
 def test_arbitration_rule_matches_protocol():
-    """Random outputs on 7 nodes: the protocol's slashes equal posp.vectorised's."""
+    """Random outputs on 7 nodes: the protocol's slashes and payments equal
+    posp.vectorised's (disputes without a majority included)."""
     prof = capture_profile(threads=1, batched=False, libraries=("numpy",))
     g = np.random.default_rng(1)
-    checked = 0
+    checked = unresolved = 0
     for trial in range(60):
         table = g.integers(0, 3, size=7).tolist()
         seen: list[tuple[str, int]] = []
@@ -82,7 +95,15 @@ def test_arbitration_rule_matches_protocol():
             continue
         win = majority(np.array([[table[x] for x in arbs]]))
         who = [a, *vs, *arbs]
-        lose = losers(np.array([[table[x] for x in who]]), win)[0]
-        assert {who[j] for j in np.flatnonzero(lose)} == {idx[n] for n in out.result.slashed}
+        lose = losers(np.array([[table[x] for x in who]]), win)
+        assert {who[j] for j in np.flatnonzero(lose[0])} == {idx[n] for n in out.result.slashed}
+        # payments: each node's stake moved by what paid() and losers() say, no more
+        pay = paid(win, lose, 1 + len(vs))[0]
+        params = proto.params
+        for j, x in enumerate(who):
+            amount = params.reward if j == 0 else params.validator_reward
+            want = params.bond + amount * int(pay[j]) - params.slash * int(lose[0, j])
+            assert proto.nodes[nodes[x].public].stake == want, (trial, j, table)
+        unresolved += int(win[0] == NO_MAJORITY)
         checked += 1
-    assert checked > 10
+    assert checked > 10 and unresolved > 0
