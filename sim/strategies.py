@@ -78,6 +78,13 @@ class Strategy(Protocol):
     def theory_skip_rate(self, s: Scenario) -> float | None: ...
 
 
+def _rate(value: Any, key: str) -> float:
+    """An option that is a probability: a number in [0, 1], else ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"must be a number in [0, 1], got {value!r}", key=key)
+    return float(value)
+
+
 class _Base:
     cheater = False
     crash_rate = 0.0
@@ -124,9 +131,7 @@ class LazyValidator(Cheater):
 
     def __init__(self, cheat_rate: float = 1.0, guess_accuracy: float = 0.0) -> None:
         super().__init__(cheat_rate)
-        if not 0.0 <= guess_accuracy <= 1.0:
-            raise ConfigError("must be in [0, 1]", key="options.guess_accuracy")
-        self.guess_accuracy = float(guess_accuracy)
+        self.guess_accuracy = _rate(guess_accuracy, "options.guess_accuracy")
 
 
 class RationalCheater(Cheater):
@@ -162,8 +167,15 @@ class AdaptiveCheater(Cheater):
     def __init__(self, cheat_rate: float = 0.1, high_rate: float = 1.0, run_length: int = 20,
                  stake_threshold: float = float("inf")) -> None:
         super().__init__(cheat_rate)
-        self.high_rate = float(high_rate)
-        self.run_length = int(run_length)
+        self.high_rate = _rate(high_rate, "options.high_rate")
+        if isinstance(run_length, bool) or not isinstance(run_length, int) or run_length < 1:
+            raise ConfigError(f"must be an integer >= 1, got {run_length!r}",
+                              key="options.run_length")
+        self.run_length = run_length
+        if isinstance(stake_threshold, bool) or not isinstance(stake_threshold, int | float) \
+                or stake_threshold != stake_threshold:
+            raise ConfigError(f"must be a number, got {stake_threshold!r}",
+                              key="options.stake_threshold")
         self.stake_threshold = float(stake_threshold)
 
     def skip_rate(self, view: NodeView) -> np.ndarray:
@@ -193,14 +205,19 @@ STRATEGIES: dict[str, type] = {
 
 
 def _resolve(name: str, key: str) -> type:
+    if not isinstance(name, str):
+        raise ConfigError(f"must be a strategy name or 'module:Class', got {name!r}", key=key)
     if name in STRATEGIES:
         return STRATEGIES[name]
     if ":" in name:
         mod, _, attr = name.partition(":")
         try:
-            return getattr(importlib.import_module(mod), attr)  # type: ignore[no-any-return]
-        except (ImportError, AttributeError) as exc:
+            cls = getattr(importlib.import_module(mod), attr)
+        except Exception as exc:  # noqa: BLE001 - any failure to import is the user's file
             raise ConfigError(f"cannot import strategy {name!r}: {exc}", key=key) from None
+        if not inspect.isclass(cls):
+            raise ConfigError(f"{name!r} is not a class", key=key)
+        return cls  # type: ignore[no-any-return]
     raise ConfigError(
         f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, or 'module:Class')",
         key=key)
@@ -210,7 +227,10 @@ def make_strategy(name: str, *, key: str = "strategy", **kwargs: Any) -> Strateg
     """Build a strategy by name, passing only the keyword arguments it accepts
     (``cheat_rate``, ``crash_rate``) plus every ``[options]`` entry, which must fit."""
     cls = _resolve(name, key)
-    params = inspect.signature(cls).parameters
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot read {name}'s constructor: {exc}", key=key) from None
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     options = kwargs.pop("options", {}) or {}
     args = {k: v for k, v in kwargs.items() if k in params or takes_any}
@@ -220,8 +240,10 @@ def make_strategy(name: str, *, key: str = "strategy", **kwargs: Any) -> Strateg
         args[k] = v
     try:
         obj = cls(**args)
-    except TypeError as exc:
-        raise ConfigError(str(exc), key="options") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}", key="options") from None
     for attr in ("skip_rate", "theory_skip_rate"):
         if not callable(getattr(obj, attr, None)):
             raise ConfigError(f"{name} has no method {attr}", key=key)

@@ -8,11 +8,14 @@ catches it on validation and arbitration jobs: crosses zero lower, at p*_blind).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from posp.errors import ConfigError
 
 from .run import scenario_theory, simulate
 from .scenario import Scenario
@@ -20,18 +23,45 @@ from .scenario import Scenario
 __all__ = ["plot_sweep", "sweep_p"]
 
 
+def _unit(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"must be a sampling rate in [0, 1], got {value!r}", key=key)
+    return float(value)
+
+
 def sweep_p(s: Scenario, *, points: int | None = None, p_min: float | None = None,
             p_max: float | None = None,
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run ``s`` (cheat rate forced to 1) at ``points`` sampling rates; return the data."""
+    """Run ``s`` (cheat rate forced to 1) at ``points`` sampling rates; return the data.
+
+    Everything is checked before the first run: :class:`~posp.errors.ConfigError` names
+    the key (``points``, ``sweep.p_min``, ...) of a bad value."""
+    unknown = set(s.sweep) - {"points", "p_min", "p_max"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} (known: points, "
+                          "p_min, p_max)", key="sweep")
+    if s.cheaters < 1:
+        raise ConfigError("the sweep measures cheaters: needs at least one", key="cheaters")
     base = s.replace(cheat_rate=1.0, strategy="cheater" if s.strategy == "rational"
                      else s.strategy)
     th = scenario_theory(base)
-    assert th is not None
+    if th is None:
+        raise ConfigError(f"the sweep plots the theory beside each point: {s.strategy!r} has "
+                          "no closed form (use cheater, lazy_validator, rational or sybil)",
+                          key="strategy")
     p_star = th.p_star
-    lo = p_min if p_min is not None else s.sweep.get("p_min", p_star / 4)
-    hi = p_max if p_max is not None else s.sweep.get("p_max", min(1.0, p_star * 2))
-    k = points if points is not None else int(s.sweep.get("points", 9))
+    finite = math.isfinite(p_star)
+    lo = _unit(p_min if p_min is not None else s.sweep.get(
+        "p_min", p_star / 4 if finite else 0.0), "p_min" if p_min is not None else "sweep.p_min")
+    hi = _unit(p_max if p_max is not None else s.sweep.get(
+        "p_max", min(1.0, p_star * 2) if finite else 1.0),
+        "p_max" if p_max is not None else "sweep.p_max")
+    if lo > hi:
+        raise ConfigError(f"p_min {lo} is above p_max {hi}", key="sweep.p_min")
+    k = points if points is not None else s.sweep.get("points", 9)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"must be an integer >= 2, got {k!r}",
+                          key="--points" if points is not None else "sweep.points")
     ps = np.linspace(lo, hi, k)
     rows = []
     for i, p in enumerate(ps):
@@ -48,6 +78,10 @@ def sweep_p(s: Scenario, *, points: int | None = None, p_min: float | None = Non
             "p_star_blind": th.p_star_blind, "points": rows}
 
 
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
 def plot_sweep(data: dict[str, Any], path: str | Path) -> None:
     import matplotlib
 
@@ -58,9 +92,10 @@ def plot_sweep(data: dict[str, Any], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
     for key, label, color in (("own_gain", "own asserted jobs (PoS model)", "tab:blue"),
                               ("gain", "every job (blind validation)", "tab:orange")):
-        meas = [r[key]["measured"] for r in data["points"]]
-        se = [3 * r[key]["stderr"] for r in data["points"]]
-        theo = [r[key]["theory"] for r in data["points"]]
+        # null in the data (nothing measured, no spread from one draw): not drawn
+        meas = [_num(r[key]["measured"]) for r in data["points"]]
+        se = [3 * _num(r[key]["stderr"]) for r in data["points"]]
+        theo = [_num(r[key]["theory"]) for r in data["points"]]
         ax.errorbar(ps, meas, yerr=se, fmt="o", color=color, ms=4, capsize=2,
                     label=f"measured: {label}")
         ax.plot(ps, theo, "-", color=color, lw=1, alpha=0.7, label="theory")

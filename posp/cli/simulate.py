@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -108,18 +109,22 @@ def run(args: argparse.Namespace) -> int:
             for key in ("p_star", "p_star_blind"):
                 if not math.isfinite(data[key]):
                     data[key] = None
-            if args.json:
-                write_json(args.json, data)
-            plot_sweep(data, args.plot or "pstar_sweep.png")
+            # the plot and its data, always: beside each other unless --json says where
+            plot = args.plot or "pstar_sweep.png"
+            out = args.json or str(Path(plot).with_suffix(".json"))
+            writable_path(out, key="--json")
+            write_json(out, data)
+            plot_sweep(data, plot)
             table = Table(title=f"always-cheater gain per job (p* = {_fmt(data['p_star'])}, "
                                 f"p*_blind = {_fmt(data['p_star_blind'])})")
-            for c in ("p", "own jobs", "theory", "every job", "theory"):
+            for c in ("p", "own jobs", "theory (own)", "every job", "theory (every)"):
                 table.add_column(c, justify="right")
             for r in data["points"]:
                 table.add_row(_fmt(r["p"]), _fmt(r["own_gain"]["measured"]),
                               _fmt(r["own_gain"]["theory"]), _fmt(r["gain"]["measured"]),
                               _fmt(r["gain"]["theory"]))
             Console().print(table)
+            console.print(f"wrote {plot} (plot) and {out} (data)")
             return 0
         task = bar.add_task(f"{s.engine}", total=None)
         rep = simulate(s, progress=lambda d, t: bar.update(task, completed=d, total=t))
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(c, justify="right" if c != "metric" else "left")
     for name, m in data["metrics"].items():
         table.add_row(name, _fmt(m["measured"]), _fmt(m["theory"]), _fmt(m["stderr"]),
-                      "yes" if m["agrees"] else "[red]NO[/red]")
+                      "-" if not m["compared"] else "yes" if m["agrees"] else "[red]NO[/red]")
     Console().print(table)
     if args.json:
         write_json(args.json, data)

@@ -23,7 +23,8 @@ def test_json_shape(tmp_path, capsys):
     for name in ("detection_within_n", "mean_tasks_to_detection", "median_tasks_to_detection",
                  "undetected_before_catch", "false_slash_rate", "cheater_profit_per_job",
                  "honest_profit_per_job"):
-        assert set(d["metrics"][name]) == {"measured", "theory", "stderr", "agrees"}
+        assert set(d["metrics"][name]) == {"measured", "theory", "stderr", "agrees",
+                                           "compared"}
     assert "detection_within_n" in capsys.readouterr().out
 
 
@@ -33,6 +34,12 @@ def test_json_shape(tmp_path, capsys):
     (["--collusion", "0.05", "--cheaters", "100", "--nodes", "1000"], "--collusion"),
     (["--arbiters", "2"], "--arbiters"),
     (["--strategy", "nope"], "--strategy"),
+    (["--strategy", "os:path"], "--strategy"),  # importable, but not a class
+    (["--strategy", "os:nothing_here"], "--strategy"),
+    (["--sweep-p", "--points", "0"], "--points"),
+    (["--sweep-p", "--points", "-2"], "--points"),
+    (["--sweep-p", "--cheaters", "0"], "cheaters"),
+    (["--sweep-p", "--strategy", "adaptive"], "strategy"),
 ])
 def test_bad_flags_exit_2_naming_the_key(args, key, capsys):
     assert run(*args) == 2
@@ -50,6 +57,28 @@ def test_bad_scenario_file(tmp_path, capsys):
     assert run("--scenario", str(tmp_path / "missing.toml")) == 2
 
 
+@pytest.mark.parametrize("text,key", [
+    ('strategy = 3\n', "strategy"),
+    ('strategy = "adaptive"\n[options]\nrun_length = "x"\n', "options.run_length"),
+    ('strategy = "adaptive"\n[options]\nhigh_rate = 5.0\n', "options.high_rate"),
+    ('strategy = "lazy_validator"\n[options]\nguess_accuracy = "half"\n',
+     "options.guess_accuracy"),
+    ('[sweep]\npoints = "x"\n', "sweep.points"),
+    ('[sweep]\np_max = 1.5\n', "sweep.p_max"),
+    ('[sweep]\np_min = 0.5\np_max = 0.1\n', "sweep.p_min"),
+    ('[sweep]\nsteps = 3\n', "sweep"),
+])
+def test_bad_values_in_scenario_files_exit_2_naming_the_key(tmp_path, capsys, text, key):
+    """Every mistake in a file is one line naming the key and exit 2, before any run (the
+    sweep's keys too): never a traceback."""
+    f = tmp_path / "s.toml"
+    f.write_text("nodes = 50\ncheaters = 5\nruns = 1\ntasks_per_node = 20\n" + text)
+    assert run("--scenario", str(f), "--sweep-p", "--plot", str(tmp_path / "p.png")) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err, err
+    assert not (tmp_path / "p.png").exists()
+
+
 def test_argparse_errors_exit_2():
     with pytest.raises(SystemExit) as e:
         run("--nodes", "many")
@@ -64,3 +93,15 @@ def test_sweep_writes_plot_and_data(tmp_path):
     assert png.stat().st_size > 1000
     d = json.loads(js.read_text())
     assert len(d["points"]) == 3 and d["p_star"] > 0
+
+
+def test_sweep_writes_its_data_beside_the_plot_and_survives_one_cheater(tmp_path, capsys):
+    """Without --json the data lands beside the plot; one cheater gives null standard
+    errors (one draw, no spread), which the plot leaves out instead of failing."""
+    png = tmp_path / "one.png"
+    assert run("--nodes", "50", "--cheaters", "1", "--cheat-rate", "1", "--slash", "100",
+               "--runs", "1", "--tasks-per-node", "20", "--sweep-p", "--points", "2",
+               "--plot", str(png)) == 0
+    d = json.loads((tmp_path / "one.json").read_text())
+    assert len(d["points"]) == 2 and png.stat().st_size > 1000
+    assert "one.json" in capsys.readouterr().err
