@@ -2,8 +2,8 @@
 
 Every engine returns :class:`Observations` (per node identity, all runs concatenated);
 :func:`compute_metrics` turns them into ``{name: Metric}``. A metric *agrees* when
-``|measured - theory| <= 3 * stderr``, and trivially when there is nothing to compare
-(no theory, or nothing measured): ``compared`` says which.
+``|measured - theory| <= 3 * stderr`` (trivially where there is no theory; never where
+nothing could be measured against one): ``compared`` says whether a comparison was made.
 """
 
 from __future__ import annotations
@@ -50,18 +50,23 @@ class Metric:
 
     @property
     def compared(self) -> bool:
-        """Whether there is a measurement and a theory to compare (a run with no disputes
-        measures no false-slash rate; an adaptive strategy has no theory)."""
+        """Whether a measurement with a finite standard error meets a theory (a run with
+        no disputes measures no false-slash rate; one draw has no spread; an adaptive
+        strategy has no theory)."""
         return (self.theory is not None and self.measured is not None
-                and math.isfinite(self.measured) and math.isfinite(self.theory))
+                and math.isfinite(self.measured) and math.isfinite(self.theory)
+                and math.isfinite(self.stderr))
 
     @property
     def agrees(self) -> bool:
-        """Within 3 standard errors; true when there is nothing to compare (nothing
-        disagrees: see :attr:`compared`)."""
-        if not self.compared:
+        """Within 3 standard errors. True where there is no theory (nothing to disagree
+        with); false where a theory exists but could not be compared (nothing measured
+        cannot confirm it): see :attr:`compared`."""
+        if self.theory is None:
             return True
-        assert self.measured is not None and self.theory is not None
+        if not self.compared:
+            return False
+        assert self.measured is not None
         return bool(abs(self.measured - self.theory) <= AGREE_SIGMAS * self.stderr + 1e-12)
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,10 +165,11 @@ def compute_metrics(obs: Observations, s: Scenario, th: Theory | None) -> dict[s
         prof, se = _ratio_se(obs.profit[mask].astype(np.float64),
                              obs.jobs[mask].astype(np.float64))
         t = None
-        # no closed form: an honest node's share of slashes (challenger_share), or a
-        # cheater whose first slash ejects it (bond - slash < min_bond), where later slashes
-        # of the same round take only what is left of its stake (docs/THEORY.md)
-        if g is not None and not (name == "honest" and s.challenger_share) \
+        # no closed form: challengers' shares of slashes (challenger_share: income for
+        # honest nodes, and for cheaters on jobs they computed), or a cheater whose first
+        # slash ejects it (bond - slash < min_bond), where later slashes of the same round
+        # take only what is left of its stake (docs/THEORY.md)
+        if g is not None and not s.challenger_share \
                 and not (name == "cheater" and s.bond - S < s.min_bond):
             t = s.reward * (1 - g.crash - g.d - g.unpaid) - s.cost * g.compute - S * g.d
         out[f"{name}_profit_per_job"] = Metric(prof, t, se)

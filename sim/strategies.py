@@ -113,7 +113,7 @@ class CrashProne(_Base):
     """An honest node whose jobs crash with probability ``crash_rate`` (never slashed)."""
 
     def __init__(self, crash_rate: float = 0.05, **_: Any) -> None:
-        self.crash_rate = float(crash_rate)
+        self.crash_rate = _rate(crash_rate, "options.crash_rate")
 
 
 class Cheater(_Base):
@@ -122,7 +122,8 @@ class Cheater(_Base):
     cheater = True
 
     def __init__(self, cheat_rate: float = 1.0) -> None:
-        self.rate = float(cheat_rate)
+        # checked here too: [options] may set it past the scenario's own check
+        self.rate = _rate(cheat_rate, "options.cheat_rate")
 
 
 class LazyValidator(Cheater):

@@ -50,7 +50,7 @@ def sweep_p(s: Scenario, *, points: int | None = None, p_min: float | None = Non
                           "no closed form (use cheater, lazy_validator, rational or sybil)",
                           key="strategy")
     p_star = th.p_star
-    finite = math.isfinite(p_star)
+    finite = math.isfinite(p_star) and p_star <= 1.0  # else the default range is [0, 1]
     lo = _unit(p_min if p_min is not None else s.sweep.get(
         "p_min", p_star / 4 if finite else 0.0), "p_min" if p_min is not None else "sweep.p_min")
     hi = _unit(p_max if p_max is not None else s.sweep.get(

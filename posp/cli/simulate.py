@@ -103,16 +103,24 @@ def run(args: argparse.Namespace) -> int:
         if args.sweep_p:
             from sim.sweep import plot_sweep, sweep_p
 
+            # the plot and its data, always: beside each other unless --json says where;
+            # both paths checked before the sweep's work
+            plot = args.plot or "pstar_sweep.png"
+            try:
+                out = args.json or str(Path(plot).with_suffix(".json"))
+            except ValueError:
+                raise ConfigError(f"not a file name: {plot!r}", key="--plot") from None
+            writable_path(plot, key="--plot")
+            writable_path(out, key="--json")
+            if Path(out).resolve() == Path(plot).resolve():
+                raise ConfigError("the plot and its data need two different paths "
+                                  f"({out!r}); give --json", key="--plot")
             task = bar.add_task("sweep", total=None)
             data = sweep_p(s, points=args.points,
                            progress=lambda d, t: bar.update(task, completed=d, total=t))
             for key in ("p_star", "p_star_blind"):
                 if not math.isfinite(data[key]):
                     data[key] = None
-            # the plot and its data, always: beside each other unless --json says where
-            plot = args.plot or "pstar_sweep.png"
-            out = args.json or str(Path(plot).with_suffix(".json"))
-            writable_path(out, key="--json")
             write_json(out, data)
             plot_sweep(data, plot)
             table = Table(title=f"always-cheater gain per job (p* = {_fmt(data['p_star'])}, "

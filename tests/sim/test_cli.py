@@ -67,6 +67,7 @@ def test_bad_scenario_file(tmp_path, capsys):
     ('[sweep]\np_max = 1.5\n', "sweep.p_max"),
     ('[sweep]\np_min = 0.5\np_max = 0.1\n', "sweep.p_min"),
     ('[sweep]\nsteps = 3\n', "sweep"),
+    ('[options]\ncheat_rate = 5.0\n', "options.cheat_rate"),
 ])
 def test_bad_values_in_scenario_files_exit_2_naming_the_key(tmp_path, capsys, text, key):
     """Every mistake in a file is one line naming the key and exit 2, before any run (the
@@ -77,6 +78,25 @@ def test_bad_values_in_scenario_files_exit_2_naming_the_key(tmp_path, capsys, te
     err = capsys.readouterr().err
     assert key in err and "Traceback" not in err, err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_sweep_checks_its_paths_before_running(tmp_path, capsys):
+    base = ["--nodes", "50", "--cheaters", "5", "--runs", "1", "--tasks-per-node", "20",
+            "--sweep-p", "--points", "2"]
+    same = tmp_path / "x.json"
+    assert run(*base, "--plot", str(same)) == 2  # the plot would overwrite its data
+    assert "--plot" in capsys.readouterr().err and not same.exists()
+
+
+def test_sweep_default_range_when_p_star_is_above_1(tmp_path):
+    """A job so costly that no sampling rate deters (p* > 1): the default range is [0, 1]
+    instead of an error about a key the user never set."""
+    png = tmp_path / "p.png"
+    assert run("--nodes", "50", "--cheaters", "5", "--runs", "1", "--tasks-per-node", "20",
+               "--cost", "1000", "--slash", "100", "--sweep-p", "--points", "2",
+               "--plot", str(png)) == 0
+    d = json.loads((tmp_path / "p.json").read_text())
+    assert [r["p"] for r in d["points"]] == [0.0, 1.0] and d["p_star"] > 1
 
 
 def test_argparse_errors_exit_2():

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from posp.economics import detection_per_task, honest_majority, nash_threshold
-from sim.metrics import compute_metrics, lattice_median
+from sim.metrics import Metric, compute_metrics, lattice_median
 from sim.run import simulate
 from sim.scenario import Scenario
 from sim.theory import theory, truncated_geometric
@@ -46,9 +46,36 @@ def test_truncated_geometric_and_lattice_median():
 def test_wrong_theory_is_reported_as_disagreeing():
     s = Scenario(nodes=500, cheaters=50, runs=20, tasks_per_node=200, seed=3)
     rep = simulate(s)
-    assert all(m.agrees for m in rep.metrics.values())
+    assert all(m.compared and m.agrees for m in rep.metrics.values())
     wrong = theory(s, s.cheat_rate, sample_rate=2 * s.sample_rate)
     bad = compute_metrics(rep.observations, s, wrong)
     for name in ("mean_tasks_to_detection", "median_tasks_to_detection",
                  "undetected_before_catch", "cheater_profit_per_job"):
         assert not bad[name].agrees, name
+
+
+def test_agrees_needs_a_comparison_where_there_is_a_theory():
+    """No theory: nothing disagrees. A theory but no measurement (or one draw, no spread):
+    nothing confirms it, so it does not agree, and the table shows '-' (compared False)."""
+    assert Metric(1.0, None, 0.1).agrees and not Metric(1.0, None, 0.1).compared
+    for m in (Metric(None, 5.0, 1.0), Metric(math.nan, 5.0, math.inf), Metric(5.0, 5.0, math.inf)):
+        assert not m.compared and not m.agrees, m
+    assert Metric(5.2, 5.0, 0.1).compared and Metric(5.2, 5.0, 0.1).agrees
+    assert not Metric(5.4, 5.0, 0.1).agrees
+
+
+def test_profit_theory_is_null_where_it_has_no_closed_form():
+    """A challenger share pays honest nodes and cheaters (on jobs they computed) shares of
+    others' slashes; a cheater whose first slash ejects it pays less than S for later
+    slashes of its round. Neither has a closed form: no theory rather than a wrong one."""
+    base = Scenario(engine="event", nodes=12, cheaters=4, cheat_rate=0.5, runs=1,
+                    tasks_per_node=40, seed=2)
+    shared = simulate(base.replace(challenger_share=0.5)).metrics
+    assert shared["cheater_profit_per_job"].theory is None
+    assert shared["honest_profit_per_job"].theory is None
+    capped = simulate(base.replace(engine="montecarlo", slash=1000, bond=1500,
+                                   min_bond=1000, runs=4)).metrics
+    assert capped["cheater_profit_per_job"].theory is None
+    assert capped["honest_profit_per_job"].theory is not None
+    plain = simulate(base.replace(engine="montecarlo", runs=4)).metrics
+    assert plain["cheater_profit_per_job"].theory is not None
