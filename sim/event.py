@@ -11,6 +11,11 @@ round's settlements to the ledger in one group (the runtime's group commit); onl
 are results final and seen by the nodes' strategies. Inputs and outputs are small ints,
 so per-job cost is the protocol's own; the engine's own bookkeeping is a few list
 operations per batch, and its metrics are computed once, over arrays, after the run.
+
+Time axis: the first ``WARMUP_ROUNDS`` rounds count in no metric (no validation work
+exists yet); a node's metrics cover the first N jobs it receives after them (the
+re-executions still queued when new work stops come after those). Profit is what the
+ledger paid and slashed (:mod:`sim.ledgerpay`), not a copy of the payment rules.
 """
 
 from __future__ import annotations
@@ -70,7 +75,6 @@ class _Slot:
         self.behaviour: SimBehaviour | None = None
         self.active = True
         self.jobs = 0
-        self.computed = 0
         self.unsampled_run = 0
         self.slashes = 0
 
@@ -83,7 +87,8 @@ class SimBehaviour:
     member that receives that input returns it (so ring members confirm each other).
 
     After each batch, ``skipped`` says which jobs were skipped (None: none was) and
-    ``computed`` how many were computed honestly; the engine reads both for its metrics.
+    ``computed`` which were computed honestly (None: all were; a ring member's copy of the
+    ring's output is neither); the engine reads both for its metrics.
     """
 
     def __init__(self, slot: _Slot, rng: np.random.Generator, ring_channel: dict[int, Any],
@@ -93,7 +98,7 @@ class SimBehaviour:
         self.rng = rng
         self.ring_channel = ring_channel
         self.skipped: list[bool] | None = None
-        self.computed = 0
+        self.computed: list[bool] | None = None
 
     def outputs(self, jobs: Sequence[Job], compute: Callable[[Sequence[Any]], list[Any]]
                 ) -> list[Any]:
@@ -109,7 +114,7 @@ class SimBehaviour:
             # the common case: one draw per job, honest jobs computed in one call
             if not rate:
                 self.skipped = None
-                self.computed = n
+                self.computed = None
                 return compute([j.input for j in jobs])
             rng = self.rng
             skip: list[bool] = (rng.random(n) < rate).tolist()
@@ -125,26 +130,28 @@ class SimBehaviour:
                     out[i] = honest_output(x) if acc and rng.random() < acc else \
                         int(rng.integers(1 << 40, 1 << 62))
             self.skipped = skip
-            self.computed = len(honest)
+            self.computed = [not x for x in skip]
             return out
         out = []
         skipped: list[bool] = []
-        computed = 0
+        computed: list[bool] = []
         channel = self.ring_channel
         for j in jobs:
             key = j.input
             if key in channel:
                 out.append(channel[key])
                 skipped.append(False)
+                computed.append(False)
                 continue
             if rate and self.rng.random() < rate:
                 right = st.guess_accuracy and self.rng.random() < st.guess_accuracy
                 o = honest_output(j.input) if right else ring_output(j.input)
                 skipped.append(True)
+                computed.append(False)
             else:
                 o = compute([j.input])[0]
                 skipped.append(False)
-                computed += 1
+                computed.append(True)
             channel[key] = o
             out.append(o)
         self.skipped = skipped
@@ -245,6 +252,7 @@ def _one_run(s: Scenario, env: Environment, run: int,
     rec_task: list[int] = []
     rec_first: list[bool] = []
     rec_skip: list[bool] = []
+    rec_comp: list[bool] = []
     rec_batch: list[tuple[int, int, int, int]] = []
     rec_commit: list[Any] = []  # each measured batch's commitment (its reward's ref)
     task_ref: dict[int, bytes] = {}  # sampled task -> its first job id (its settlements' ref)
@@ -327,8 +335,10 @@ def _one_run(s: Scenario, env: Environment, run: int,
             first = [first[j] for j in order]
             jobs = [Job(j, inputs_by_task[t]) for j, t in zip(ids, tasks, strict=True)]
             if sl.strategy.crash_rate and rng.random() < 1 - (1 - sl.strategy.crash_rate) ** n:
-                # a crash: liveness, never a slash; the node restarts as a new identity
-                sl.jobs += n
+                # a crash: liveness, never a slash; the node restarts as a new identity.
+                # Its jobs are received (unpaid, free) and count once warm-up is over
+                if not warming:
+                    sl.jobs += n
                 total_jobs += n
                 enqueue(proto.on_node_failure(pub))
                 join(sl)
@@ -338,9 +348,9 @@ def _one_run(s: Scenario, env: Environment, run: int,
                 rec_task += tasks
                 rec_first += first
                 rec_skip.extend(beh.skipped or [False] * n)
+                rec_comp.extend(beh.computed or [True] * n)
                 rec_batch.append((sl.index, ident[pub], sl.jobs + 1, n))
                 rec_commit.append(res.batch)
-                sl.computed += beh.computed
                 sl.unsampled_run += sum(first)
                 sl.jobs += n
             total_jobs += n
@@ -378,39 +388,55 @@ def _one_run(s: Scenario, env: Environment, run: int,
      first_slashed) = _job_metrics(s, rec_task, rec_first, rec_skip, rec_batch, ident,
                                    ident_first, slashed)
     by_ident = {i: pub for pub, i in ident.items()}
-    profit = _profit(M, rec_task, rec_batch, rec_commit, by_ident, task_ref, ledger_pay)
-    profit -= s.cost * np.array([sl.computed for sl in slots], dtype=np.float64)
+    income, computed = _profit(M, N, rec_task, rec_first, rec_comp, rec_batch, rec_commit,
+                               by_ident, task_ref, ledger_pay)
+    profit = income - s.cost * computed
     return Observations(
         cheater=np.array([sl.cheater for sl in slots]),
         honest=np.array([not sl.cheater and not sl.ring for sl in slots]),
         first_catch=first_catch, undetected=undetected,
-        jobs=np.array([sl.jobs for sl in slots], np.int64), profit=profit,
+        jobs=np.array([min(sl.jobs, N) for sl in slots], np.int64), profit=profit,
         first_jobs=first_jobs, first_skipped=first_skipped, first_slashed=first_slashed,
         disputes=proto.stats["disputes"], disputes_honest_slashed=disputes_honest,
         reentries=reentries, series={"cheater_stake": series_c, "honest_stake": series_h},
         extra={"job_events": total_jobs, "rounds": rounds})
 
 
-def _profit(M: int, tasks: list[int], batches: list[tuple[int, int, int, int]],
-            commits: list[Any], by_ident: dict[int, bytes], task_ref: dict[int, bytes],
-            pay: dict[tuple[str, bytes], int]) -> np.ndarray:
-    """Each slot's ledger income (before the cost of computing) from its measured jobs:
-    the batch's reward for its unsampled first executions (referenced by the batch
-    commitment), and whatever each sampled task it took part in paid or slashed it
-    (referenced by the task's first job), as the protocol settled it: a dispute without a
-    majority pays neither party, a slash takes at most the stake."""
-    profit = np.zeros(M)
+def _profit(M: int, N: int, tasks: list[int], first: list[bool], computed: list[bool],
+            batches: list[tuple[int, int, int, int]], commits: list[Any],
+            by_ident: dict[int, bytes], task_ref: dict[int, bytes],
+            pay: dict[tuple[str, bytes], int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each slot's ledger income and jobs computed over its first N measured jobs (the N
+    jobs it receives; jobs after them, such as the re-executions left when new work has
+    stopped, count in no metric, as in the other engines).
+
+    Income is what the ledger settled: an unsampled first execution its share of its
+    batch's reward (referenced by the batch commitment), a job of a sampled task whatever
+    that task's settlements paid or slashed the job's identity (referenced by the task's
+    first job), so a dispute without a majority pays neither party and a slash takes at
+    most the stake, as the core decided."""
+    income = np.zeros(M)
+    done = np.zeros(M)
     pos = 0
-    for (slot, iid, _start, n), batch in zip(batches, commits, strict=True):
-        pub = by_ident[iid]
-        acc = pay.get((batch.commitment.hex(), pub), 0)
-        for t in tasks[pos:pos + n]:
-            jid = task_ref.get(t)
-            if jid is not None:
-                acc += pay.get((jid.hex(), pub), 0)
-        profit[slot] += acc
-        pos += n
-    return profit
+    for (slot, iid, start, n), batch in zip(batches, commits, strict=True):
+        end = pos + n
+        inside = min(n, N - start + 1)  # the batch's jobs among the slot's first N
+        if inside > 0:
+            pub = by_ident[iid]
+            unsampled = sum(1 for t, f in zip(tasks[pos:end], first[pos:end], strict=True)
+                            if f and t not in task_ref)
+            share = pay.get((batch.commitment.hex(), pub), 0) / unsampled if unsampled else 0
+            acc = 0.0
+            for k in range(pos, pos + inside):
+                jid = task_ref.get(tasks[k])
+                if jid is not None:
+                    acc += pay.get((jid.hex(), pub), 0)
+                elif first[k]:
+                    acc += share
+            income[slot] += acc
+            done[slot] += sum(computed[pos:pos + inside])
+        pos = end
+    return income, done
 
 
 def _job_metrics(s: Scenario, task: list[int], first: list[bool], skip: list[bool],

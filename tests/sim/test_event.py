@@ -87,27 +87,33 @@ class _Batch:
         self.commitment = commitment
 
 
-def test_profit_is_what_the_ledger_settled_on_the_measured_jobs():
-    """_profit adds, per measured batch, the batch's reward (ref: its commitment) and, per
-    measured job of a sampled task, what that task's settlements paid or slashed the
-    job's identity (ref: the task's first job); nothing else of the ledger counts."""
+def test_profit_is_what_the_ledger_settled_on_the_first_n_measured_jobs():
+    """_profit adds, per measured job among its slot's first N: an unsampled first job's
+    share of its batch's reward (ref: the batch commitment), a sampled task's job what that
+    task's settlements paid or slashed the job's identity (ref: the task's first job);
+    nothing else of the ledger counts. Jobs computed are counted over the same N."""
     a, b = b"A" * 32, b"B" * 32
     by_ident = {0: a, 1: b}
+    # slot 0: jobs 1-3, then job 4 (beyond N = 3); slot 1: jobs 1-2
     batches = [(0, 0, 1, 3), (1, 1, 1, 2), (0, 0, 4, 1)]
     commits = [_Batch(b"\x01" * 32), _Batch(b"\x02" * 32), _Batch(b"\x03" * 32)]
     tasks = [10, 11, 12, 10, 13, 14]  # task 10: a's first job, b validated it
+    first = [True, True, True, False, True, True]
+    computed = [False, True, True, True, True, True]
     task_ref = {10: b"\x0a" * 16, 13: b"\x0d" * 16, 99: b"\x63" * 16}
     pay = {
-        ((b"\x01" * 32).hex(), a): 20,  # two unsampled first jobs of the first batch
-        ((b"\x02" * 32).hex(), b): 10,
-        ((b"\x0a" * 16).hex(), a): -1000,  # a slashed on task 10, b paid and a challenger
-        ((b"\x0a" * 16).hex(), b): 10 + 250,
+        ((b"\x01" * 32).hex(), a): 20,  # a's two unsampled first jobs (11, 12): 10 each
+        ((b"\x02" * 32).hex(), b): 10,  # b's batch has no unsampled first job: not counted
+        ((b"\x0a" * 16).hex(), a): -1000,  # a slashed on task 10
+        ((b"\x0a" * 16).hex(), b): 10 + 250,  # b paid and a challenger's share
         ((b"\x0d" * 16).hex(), b): 0,  # task 13: unresolved, b paid nothing
         ((b"\x63" * 16).hex(), a): 10,  # task 99: a job outside the measured rounds
-        ((b"\x03" * 32).hex(), b): 10,  # another node's batch reward
+        ((b"\x03" * 32).hex(), a): 10,  # slot 0's fourth job: beyond N
     }
-    profit = _profit(3, tasks, batches, commits, by_ident, task_ref, pay)
-    assert profit.tolist() == [20 - 1000, 10 + 10 + 250 + 0, 0.0]
+    income, done = _profit(3, 3, tasks, first, computed, batches, commits, by_ident,
+                           task_ref, pay)
+    assert income.tolist() == [-1000 + 20, 260 + 0, 0.0]
+    assert done.tolist() == [2, 2, 0]  # job 4 of slot 0 (task 14) is beyond N = 3
 
 
 def test_event_engine_same_seed_same_observations():
