@@ -273,28 +273,24 @@ def _one_run(s: Scenario, env: Environment, run: int, rate: float, guess: float,
             slashed_after = [c.nodes[p].slashed_after for p in publics[:s.cheaters]
                              if c.nodes[p].slashed_after is not None]
             dispatched = c.jobs_dispatched
-            # what each measured job earned: an unsampled first execution its share of its
-            # batch's reward (ref: the batch commitment), any other job what its task's
-            # settlements paid or slashed its node (ref: the task's first job)
+            # an unsampled first execution earns its share of its batch's reward (ref: the
+            # batch commitment); every other job what its task's settlements paid or
+            # slashed its node (ref: the task's first job, below)
             batch_of: dict[int, str] = {}
             unsampled: dict[str, int] = {}
-            task_ref: dict[int, str] = {}
             for r in results:
-                if r.receipt_ref is None:
-                    continue
-                if r.state is State.NOT_SAMPLED:
+                if r.state is State.NOT_SAMPLED and r.receipt_ref is not None:
                     ch = r.receipt.batch.commitment.hex()
                     batch_of[r.task] = ch
                     unsampled[ch] = unsampled.get(ch, 0) + 1
-                else:
-                    task_ref[r.task] = r.receipt_ref.job_id.hex()
     # ---- which (task, node) got slashed: slash events name the task by its first job id
     first_job_of: dict[int, bytes] = {}
     for log in sched.received.values():
         for jid, task, role in log:
             if role is Role.FIRST:
                 first_job_of[task] = jid  # a re-issued first job replaces the earlier one
-    task_of_ref = {jid.hex(): t for t, jid in first_job_of.items()}
+    ref_of_task = {t: jid.hex() for t, jid in first_job_of.items()}
+    task_of_ref = {ref: t for t, ref in ref_of_task.items()}
     slashed: set[tuple[int, bytes]] = set()
     by_ref: dict[str, set[bytes]] = {}
     for ev in slash_events:
@@ -329,8 +325,8 @@ def _one_run(s: Scenario, env: Environment, run: int, rate: float, guess: float,
             if role is Role.FIRST and t in batch_of:
                 ch = batch_of[t]
                 profit[i] += pay.get((ch, pub), 0) / unsampled[ch]
-            elif t in task_ref:
-                profit[i] += pay.get((task_ref[t], pub), 0)
+            else:
+                profit[i] += pay.get((ref_of_task[t], pub), 0)
             profit[i] -= 0 if skipped else s.cost
             if role is Role.FIRST:
                 first_jobs[i] += 1

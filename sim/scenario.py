@@ -54,11 +54,11 @@ class Scenario:
                               key="engine")
         for name, lo in (("nodes", 2), ("cheaters", 0), ("validators", 1), ("arbiters", 1),
                          ("tasks_per_node", 1), ("runs", 1), ("batch_size", 1)):
-            _int(getattr(self, name), name, lo)
+            check_int(getattr(self, name), name, lo)
         for name in ("reward", "slash", "bond", "min_bond", "cost", "seed"):
-            _int(getattr(self, name), name, 0)
+            check_int(getattr(self, name), name, 0)
         for name in ("cheat_rate", "sample_rate", "collusion", "crash_rate", "challenger_share"):
-            _unit(getattr(self, name), name)
+            check_unit(getattr(self, name), name)
         if self.arbiters % 2 == 0:
             raise ConfigError(f"must be odd, got {self.arbiters}", key="arbiters")
         if self.cheaters > self.nodes:
@@ -104,15 +104,19 @@ class Scenario:
         return d
 
 
-def _int(v: Any, key: str, lo: int) -> None:
+def check_int(v: Any, key: str, lo: int) -> int:
+    """``v`` if it is an integer >= ``lo``, else ConfigError naming ``key``."""
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"must be an integer >= {lo}, got {v!r}", key=key)
+    return v
 
 
-def _unit(v: Any, key: str) -> None:
+def check_unit(v: Any, key: str) -> float:
+    """``v`` as a float if it is a number in [0, 1], else ConfigError naming ``key``."""
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= float(v) <= 1.0 \
             or math.isnan(float(v)):
         raise ConfigError(f"must be a number in [0, 1], got {v!r}", key=key)
+    return float(v)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Scenario)}

@@ -31,15 +31,14 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from posp.economics import nash_threshold
 from posp.errors import ConfigError
 
-if TYPE_CHECKING:
-    from .scenario import Scenario
+from .scenario import Scenario, check_int, check_unit
 
 __all__ = [
     "STRATEGIES",
@@ -78,13 +77,6 @@ class Strategy(Protocol):
     def theory_skip_rate(self, s: Scenario) -> float | None: ...
 
 
-def _rate(value: Any, key: str) -> float:
-    """An option that is a probability: a number in [0, 1], else ConfigError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"must be a number in [0, 1], got {value!r}", key=key)
-    return float(value)
-
-
 class _Base:
     cheater = False
     crash_rate = 0.0
@@ -113,7 +105,7 @@ class CrashProne(_Base):
     """An honest node whose jobs crash with probability ``crash_rate`` (never slashed)."""
 
     def __init__(self, crash_rate: float = 0.05, **_: Any) -> None:
-        self.crash_rate = _rate(crash_rate, "options.crash_rate")
+        self.crash_rate = check_unit(crash_rate, "options.crash_rate")
 
 
 class Cheater(_Base):
@@ -123,7 +115,7 @@ class Cheater(_Base):
 
     def __init__(self, cheat_rate: float = 1.0) -> None:
         # checked here too: [options] may set it past the scenario's own check
-        self.rate = _rate(cheat_rate, "options.cheat_rate")
+        self.rate = check_unit(cheat_rate, "options.cheat_rate")
 
 
 class LazyValidator(Cheater):
@@ -132,7 +124,7 @@ class LazyValidator(Cheater):
 
     def __init__(self, cheat_rate: float = 1.0, guess_accuracy: float = 0.0) -> None:
         super().__init__(cheat_rate)
-        self.guess_accuracy = _rate(guess_accuracy, "options.guess_accuracy")
+        self.guess_accuracy = check_unit(guess_accuracy, "options.guess_accuracy")
 
 
 class RationalCheater(Cheater):
@@ -168,11 +160,8 @@ class AdaptiveCheater(Cheater):
     def __init__(self, cheat_rate: float = 0.1, high_rate: float = 1.0, run_length: int = 20,
                  stake_threshold: float = float("inf")) -> None:
         super().__init__(cheat_rate)
-        self.high_rate = _rate(high_rate, "options.high_rate")
-        if isinstance(run_length, bool) or not isinstance(run_length, int) or run_length < 1:
-            raise ConfigError(f"must be an integer >= 1, got {run_length!r}",
-                              key="options.run_length")
-        self.run_length = run_length
+        self.high_rate = check_unit(high_rate, "options.high_rate")
+        self.run_length = check_int(run_length, "options.run_length", 1)
         if isinstance(stake_threshold, bool) or not isinstance(stake_threshold, int | float) \
                 or stake_threshold != stake_threshold:
             raise ConfigError(f"must be a number, got {stake_threshold!r}",

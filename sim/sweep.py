@@ -18,15 +18,9 @@ import numpy as np
 from posp.errors import ConfigError
 
 from .run import scenario_theory, simulate
-from .scenario import Scenario
+from .scenario import Scenario, check_int, check_unit
 
 __all__ = ["plot_sweep", "sweep_p"]
-
-
-def _unit(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"must be a sampling rate in [0, 1], got {value!r}", key=key)
-    return float(value)
 
 
 def sweep_p(s: Scenario, *, points: int | None = None, p_min: float | None = None,
@@ -51,17 +45,15 @@ def sweep_p(s: Scenario, *, points: int | None = None, p_min: float | None = Non
                           key="strategy")
     p_star = th.p_star
     finite = math.isfinite(p_star) and p_star <= 1.0  # else the default range is [0, 1]
-    lo = _unit(p_min if p_min is not None else s.sweep.get(
+    lo = check_unit(p_min if p_min is not None else s.sweep.get(
         "p_min", p_star / 4 if finite else 0.0), "p_min" if p_min is not None else "sweep.p_min")
-    hi = _unit(p_max if p_max is not None else s.sweep.get(
+    hi = check_unit(p_max if p_max is not None else s.sweep.get(
         "p_max", min(1.0, p_star * 2) if finite else 1.0),
         "p_max" if p_max is not None else "sweep.p_max")
     if lo > hi:
         raise ConfigError(f"p_min {lo} is above p_max {hi}", key="sweep.p_min")
     k = points if points is not None else s.sweep.get("points", 9)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ConfigError(f"must be an integer >= 2, got {k!r}",
-                          key="--points" if points is not None else "sweep.points")
+    check_int(k, "--points" if points is not None else "sweep.points", 2)
     ps = np.linspace(lo, hi, k)
     rows = []
     for i, p in enumerate(ps):
